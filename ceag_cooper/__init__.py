@@ -1,0 +1,52 @@
+"""ceag-cooper: prune a PyTorch model without failing some groups much more than others.
+
+CEAG (Hashemizadeh, Ramirez et al., ICLR 2024) fine-tunes a sparse model under one constraint
+per group, bounding each group's *excess accuracy gap*, solved with Cooper's Lagrangian
+optimizers. See ``docs/index.md``.
+"""
+
+from ceag_cooper.buffers import ReplayBufferStore
+from ceag_cooper.groups import GroupSpec
+from ceag_cooper.optim import StepOrder, build_optimizer
+from ceag_cooper.problems import (
+    CEAG,
+    BatchStatistics,
+    EqualizedLoss,
+    GroupFairnessProblem,
+    NaiveFineTuning,
+    OverallMode,
+    Unconstrained,
+)
+from ceag_cooper.report import DisparityReport
+from ceag_cooper.stats import (
+    GroupMetrics,
+    GroupMetricsAccumulator,
+    evaluate_groups,
+    group_means,
+    group_sums,
+    per_sample_loss_and_correct,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CEAG",
+    "BatchStatistics",
+    "DisparityReport",
+    "EqualizedLoss",
+    "GroupFairnessProblem",
+    "GroupMetrics",
+    "GroupMetricsAccumulator",
+    "GroupSpec",
+    "NaiveFineTuning",
+    "OverallMode",
+    "ReplayBufferStore",
+    "StepOrder",
+    "Unconstrained",
+    "__version__",
+    "build_optimizer",
+    "evaluate_groups",
+    "group_means",
+    "group_sums",
+    "per_sample_loss_and_correct",
+]

@@ -1,0 +1,304 @@
+"""The base class of every problem: per-group batch statistics plus one indexed constraint.
+
+A new fairness constraint is a small subclass that says what its violations are (see
+``examples/custom_constraint.py``); the base class handles the model call, validation, the
+replay buffers' feeding order, the Cooper plumbing and checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import cooper
+import torch
+
+from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
+from ceag_cooper.stats import GroupMetrics, LossFn, group_means, per_sample_loss_and_correct
+
+__all__ = ["BatchStatistics", "GroupFairnessProblem"]
+
+
+@dataclass
+class BatchStatistics:
+    """What one mini-batch says about each group; the input of every violation hook.
+
+    Attributes:
+        logits: ``(N, C)`` model outputs.
+        group_ids: ``(N,)`` or ``(N, M)`` group ids.
+        per_sample_loss: ``(N,)`` differentiable per-sample loss.
+        per_sample_correct: ``(N,)`` 0/1 accuracy (float).
+        loss: batch mean loss (differentiable; the objective).
+        accuracy: batch accuracy.
+        group_loss: ``(G,)`` differentiable mean loss per group (0 where absent).
+        group_accuracy: ``(G,)`` accuracy per group (0 where absent).
+        group_count: ``(G,)`` samples per group in the batch.
+        present: ``(G,)`` bool, groups with at least one sample in the batch.
+    """
+
+    logits: torch.Tensor
+    group_ids: torch.Tensor
+    per_sample_loss: torch.Tensor
+    per_sample_correct: torch.Tensor
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    group_loss: torch.Tensor
+    group_accuracy: torch.Tensor
+    group_count: torch.Tensor
+    present: torch.Tensor
+
+
+class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
+    """Fine-tuning under one constraint per group, as a Cooper problem.
+
+    Subclasses set :attr:`constraint_type` (``None`` for an unconstrained problem) and
+    implement :meth:`proxy_violations` (differentiable, drives the model step) and
+    :meth:`strict_violations` (may be non-differentiable, drives the multiplier step); they may
+    override :meth:`update_estimates` (called once per batch, before the violations, e.g. to
+    feed replay buffers) and :meth:`num_constraints` (default: one per group).
+
+    All constraints share one :class:`cooper.multipliers.IndexedMultiplier`. Every step observes
+    all ``C`` constraint indices with fixed shapes; entries a hook marks as unobserved get a
+    violation of exactly 0, so their gradient is 0 and their multiplier is left unchanged by
+    plain SGD. This keeps the step free of data-dependent shapes and host syncs.
+
+    Args:
+        num_groups: number of groups ``G`` (may be omitted when ``reference`` is given).
+        reference: the dense model's :class:`GroupMetrics` on the training data.
+        loss_fn: per-sample loss ``loss_fn(logits, targets) -> (N,)`` (default cross-entropy).
+        start_step: first step (0-based count of :meth:`compute_cmp_state` calls) at which
+            the constraints are observed; before it the problem is plain fine-tuning (replay
+            buffers are still fed). The paper mitigates only after pruning ends.
+        device: device of the multipliers and buffers (default: the reference's, else CPU).
+        check_finite: raise when the batch loss is NaN/inf (default on).
+
+    Example:
+        >>> import torch
+        >>> from ceag_cooper import CEAG, GroupMetrics
+        >>> ref = GroupMetrics(torch.tensor([0.9, 0.8]), torch.tensor([0.3, 0.5]), torch.tensor([60.0, 40.0]),
+        ...                    torch.tensor(0.86), torch.tensor(0.38), torch.tensor(100.0))
+        >>> problem = CEAG(reference=ref, tolerance=0.01, buffer_size=None)
+        >>> model = torch.nn.Linear(4, 3)
+        >>> state = problem.compute_cmp_state(model, torch.randn(6, 4), torch.randint(0, 3, (6,)),
+        ...                                   torch.tensor([0, 1, 0, 1, 1, 0]))
+        >>> state.observed_constraints[problem.fairness].violation.shape
+        torch.Size([2])
+    """
+
+    constraint_type: ClassVar[cooper.ConstraintType | None] = cooper.ConstraintType.INEQUALITY
+    requires_reference: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        num_groups: int | None = None,
+        reference: GroupMetrics | None = None,
+        loss_fn: LossFn | None = None,
+        start_step: int = 0,
+        device: torch.device | str | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if reference is None and self.requires_reference:
+            raise ValueError(
+                f"{type(self).__name__} needs `reference`: the dense model's GroupMetrics, e.g. "
+                "`evaluate_groups(dense_model, train_loader, groups=spec)`."
+            )
+        if reference is not None:
+            if not isinstance(reference, GroupMetrics):
+                raise TypeError(f"`reference` must be a GroupMetrics, got {type(reference).__name__}.")
+            if num_groups is not None and num_groups != reference.num_groups:
+                raise ValueError(
+                    f"`reference` was computed for {reference.num_groups} groups but `num_groups={num_groups}`; "
+                    "recompute the reference with the same GroupSpec as the problem."
+                )
+            empty = (reference.group_count <= 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(
+                    f"groups {empty[:10]} have zero samples in `reference`: their dense accuracy is undefined. "
+                    "Drop or merge those groups (fewer attribute values), or use a larger reference set."
+                )
+            num_groups = reference.num_groups
+        if num_groups is None:
+            raise ValueError("give `num_groups` or `reference` (whose number of groups is used).")
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"`num_groups` must be an int >= 1, got {num_groups!r}.")
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}.")
+        if device is None:
+            device = reference.device if reference is not None else torch.device("cpu")
+        self.num_groups = num_groups
+        self.device = torch.device(device)
+        self.reference = reference.to(self.device) if reference is not None else None
+        self.loss_fn = loss_fn
+        self.start_step = start_step
+        self.num_steps = 0
+        self.check_finite = check_finite
+        if self.constraint_type is not None:
+            count = self.num_constraints()
+            multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=count, device=self.device)
+            self.fairness = cooper.Constraint(constraint_type=self.constraint_type, multiplier=multiplier)
+            self._indices = torch.arange(count, device=self.device)
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    def num_constraints(self) -> int:
+        """Number of constraints ``C`` (default: one per group)."""
+        return self.num_groups
+
+    def update_estimates(self, stats: BatchStatistics) -> None:
+        """Called once per batch before the violation hooks (e.g. to feed replay buffers)."""
+
+    def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable violations for the model step.
+
+        Returns:
+            ``(values, observed)``: ``(C,)`` violations and a ``(C,)`` bool mask of the
+            constraints this batch can estimate (others are zeroed).
+        """
+        raise NotImplementedError
+
+    def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """Violations for the multiplier step (no gradient needed), same format as the proxy."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------- machinery
+    @property
+    def mitigation_active(self) -> bool:
+        """Whether the next :meth:`compute_cmp_state` call observes the constraints."""
+        return self.constraint_type is not None and self.num_steps >= self.start_step
+
+    @property
+    def multiplier_values(self) -> torch.Tensor | None:
+        """``(C,)`` current multipliers (a detached copy), or ``None`` if unconstrained."""
+        if self.constraint_type is None:
+            return None
+        return self.fairness.multiplier.weight.detach().flatten().clone()
+
+    def batch_statistics(self, logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor) -> BatchStatistics:
+        """Per-group loss and accuracy of one batch (vectorized, differentiable loss)."""
+        group_ids = check_group_ids(group_ids, self.num_groups)
+        check_same_device(group_ids, self.device, "group_ids")
+        if group_ids.shape[0] != logits.shape[0]:
+            raise ValueError(f"`group_ids` has {group_ids.shape[0]} rows but the batch has {logits.shape[0]} samples.")
+        loss, correct = per_sample_loss_and_correct(logits, targets, self.loss_fn)
+        group_loss, counts = group_means(loss, group_ids, self.num_groups)
+        group_acc, _ = group_means(correct, group_ids, self.num_groups)
+        return BatchStatistics(
+            logits=logits,
+            group_ids=group_ids,
+            per_sample_loss=loss,
+            per_sample_correct=correct,
+            loss=loss.mean(),
+            accuracy=correct.mean(),
+            group_loss=group_loss,
+            group_accuracy=group_acc,
+            group_count=counts,
+            present=counts > 0,
+        )
+
+    def compute_cmp_state(
+        self,
+        model: torch.nn.Module | None = None,
+        inputs: Any = None,
+        targets: torch.Tensor | None = None,
+        group_ids: torch.Tensor | None = None,
+        *,
+        logits: torch.Tensor | None = None,
+    ) -> cooper.CMPState:
+        """Loss and constraint states of one batch.
+
+        Args:
+            model: the model being fine-tuned (called as ``model(inputs)``), or ``None``
+                when ``logits`` are given.
+            inputs: the batch inputs.
+            targets: ``(N,)`` class indices.
+            group_ids: ``(N,)`` or ``(N, M)`` group ids (see :class:`GroupSpec`).
+            logits: precomputed ``(N, C)`` outputs, instead of ``model`` and ``inputs``.
+
+        Returns:
+            A :class:`cooper.CMPState`; ``misc["stats"]`` holds the :class:`BatchStatistics`,
+            and ``misc["strict_violation"]`` / ``misc["observed"]`` the multiplier-side values.
+        """
+        if logits is None:
+            if model is None or inputs is None:
+                raise ValueError("pass either `model` and `inputs`, or precomputed `logits`.")
+            logits = model(inputs)
+        if targets is None or group_ids is None:
+            raise ValueError("`targets` and `group_ids` are required.")
+        stats = self.batch_statistics(logits, targets, group_ids)
+        if self.check_finite:
+            check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
+        active = self.mitigation_active
+        self.update_estimates(stats)
+        self.num_steps += 1
+        misc: dict[str, Any] = {"stats": stats}
+        if not active:
+            return cooper.CMPState(loss=stats.loss, misc=misc)
+        proxy, proxy_observed = self.proxy_violations(stats)
+        strict, strict_observed = self.strict_violations(stats)
+        violation = torch.where(proxy_observed, proxy, torch.zeros_like(proxy))
+        strict_violation = torch.where(strict_observed, strict, torch.zeros_like(strict)).detach()
+        if self.check_finite:
+            check_finite(strict_violation, f"the strict violation at step {self.num_steps - 1}")
+        misc.update(strict_violation=strict_violation, observed=strict_observed)
+        state = cooper.ConstraintState(
+            violation=violation,
+            constraint_features=self._indices,
+            strict_violation=strict_violation,
+            strict_constraint_features=self._indices,
+        )
+        return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)
+
+    # ------------------------------------------------------------------- device & state
+    def _extra_state(self) -> dict[str, Any]:
+        """Subclass state beyond multipliers, reference and step count (e.g. buffers)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_extra_state` returned."""
+
+    def _move_extra_state(self, device: torch.device) -> None:
+        """Move subclass tensors to ``device``."""
+
+    def config(self) -> dict[str, Any]:
+        """Plain description of the problem, stored in checkpoints and checked on load."""
+        return {
+            "class": type(self).__name__,
+            "num_groups": self.num_groups,
+            "num_constraints": self.num_constraints() if self.constraint_type is not None else 0,
+            "start_step": self.start_step,
+        }
+
+    def to(self, *args: Any, **kwargs: Any) -> GroupFairnessProblem:
+        """Move multipliers, reference and buffers (``problem.to("cuda")``)."""
+        super().to(*args, **kwargs)
+        device = torch.empty(0).to(*args, **kwargs).device
+        self.device = device
+        if self.reference is not None:
+            self.reference = self.reference.to(device)
+        if self.constraint_type is not None:
+            self._indices = self._indices.to(device)
+        self._move_extra_state(device)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Multipliers, reference statistics, buffers, step count and config."""
+        state = super().state_dict()
+        state.update(
+            config=self.config(),
+            num_steps=self.num_steps,
+            reference=self.reference.state_dict() if self.reference is not None else None,
+            extra=self._extra_state(),
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the config must match this problem's."""
+        saved, mine = state_dict["config"], self.config()
+        if saved != mine:
+            raise ValueError(f"checkpoint was saved by a problem with config {saved}, this problem has {mine}.")
+        super().load_state_dict(state_dict)
+        self.num_steps = int(state_dict["num_steps"])
+        if state_dict["reference"] is not None:
+            self.reference = GroupMetrics.from_state_dict(state_dict["reference"]).to(self.device)
+        self._load_extra_state(state_dict["extra"])

@@ -1,0 +1,154 @@
+"""CEAG: constrained excess accuracy gaps (Hashemizadeh, Ramirez et al., ICLR 2024)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from ceag_cooper._validation import check_non_negative_float, check_positive_int
+from ceag_cooper.buffers import ReplayBufferStore
+from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
+from ceag_cooper.stats import GroupMetrics, LossFn
+
+__all__ = ["CEAG", "OverallMode", "weighted_overall"]
+
+OverallMode = Literal["population", "balanced"]
+
+
+def weighted_overall(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(w * v) / sum(w)``, and 0 when every weight is 0 (no group observed yet)."""
+    return (weights * values).sum() / weights.sum().clamp(min=torch.finfo(values.dtype).tiny)
+
+
+class CEAG(GroupFairnessProblem):
+    r"""Fine-tune a sparse model with a bound on each group's excess accuracy gap.
+
+    With :math:`\Delta_g = acc_{dense}(g) - acc_{sparse}(g)` and
+    :math:`\Delta = acc_{dense} - acc_{sparse}`, the constraints are
+    :math:`\psi_g = \Delta_g - \Delta \le \epsilon` for every group ``g``.
+
+    * Model step (``violation``): the cross-entropy proxy
+      :math:`\tilde\psi_g = (L_g - L^{dense}_g) - (L - L^{dense}) - \epsilon` on the groups
+      present in the batch.
+    * Multiplier step (``strict_violation``): the accuracy gap :math:`\hat\psi_g - \epsilon`.
+      With replay buffers (``buffer_size=k``), :math:`acc_{sparse}(g)` is the mean of the
+      group's last ``k`` per-sample accuracies and only groups with full buffers are observed;
+      the overall gap is then the population-weighted mean of the observed groups' gaps
+      (weights = reference shares renormalized over those groups), which equals the
+      whole-data gap once every buffer is full. Without buffers the batch is used: group
+      accuracies of the present groups, overall sparse accuracy of the batch, overall dense
+      accuracy of the reference.
+
+    ``overall="balanced"`` reproduces the paper's code: the overall sparse accuracy is the
+    *unweighted* mean of the observed groups' accuracies, compared with the reference's
+    overall dense accuracy. It is biased when groups are imbalanced; use it only to reproduce.
+
+    Args:
+        reference: the dense model's :class:`GroupMetrics` on the training set (required).
+        tolerance: :math:`\epsilon \ge 0`, as a fraction (0.01 = one accuracy point).
+        buffer_size: ``k``, per-group replay buffer length; ``None`` disables the buffers.
+        overall: ``"population"`` (default) or ``"balanced"`` (see above).
+        loss_fn, start_step, device, check_finite: see :class:`GroupFairnessProblem`.
+
+    Example:
+        >>> import torch
+        >>> from ceag_cooper import CEAG, GroupMetrics, build_optimizer
+        >>> ref = GroupMetrics(torch.tensor([0.9, 0.8]), torch.tensor([0.3, 0.5]), torch.tensor([60.0, 40.0]),
+        ...                    torch.tensor(0.86), torch.tensor(0.38), torch.tensor(100.0))
+        >>> problem = CEAG(reference=ref, tolerance=0.01, buffer_size=4)
+        >>> model = torch.nn.Linear(4, 3)
+        >>> optimizer = build_optimizer(problem, torch.optim.SGD(model.parameters(), lr=0.1), dual_lr=0.01)
+        >>> x, y, g = torch.randn(8, 4), torch.randint(0, 3, (8,)), torch.tensor([0, 1] * 4)
+        >>> _ = optimizer.roll(compute_cmp_state_kwargs=dict(model=model, inputs=x, targets=y, group_ids=g))
+        >>> bool((problem.multiplier_values >= 0).all())
+        True
+    """
+
+    requires_reference: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        reference: GroupMetrics,
+        tolerance: float = 0.01,
+        buffer_size: int | None = 40,
+        overall: OverallMode = "population",
+        loss_fn: LossFn | None = None,
+        start_step: int = 0,
+        device: torch.device | str | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        self.tolerance = check_non_negative_float(tolerance, "tolerance")
+        if buffer_size is not None:
+            check_positive_int(buffer_size, "buffer_size")
+        if overall not in ("population", "balanced"):
+            raise ValueError(f"`overall` must be 'population' or 'balanced', got {overall!r}.")
+        self.buffer_size = buffer_size
+        self.overall = overall
+        super().__init__(
+            reference=reference, loss_fn=loss_fn, start_step=start_step, device=device, check_finite=check_finite
+        )
+        self.buffers = (
+            ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None
+        )
+
+    def update_estimates(self, stats: BatchStatistics) -> None:
+        """Feed each sample's 0/1 accuracy to its groups' replay buffers."""
+        if self.buffers is not None:
+            self.buffers.update(stats.group_ids, stats.per_sample_correct)
+
+    def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy excess gaps of the present groups, minus the tolerance."""
+        ref = self.reference
+        gaps = (stats.group_loss - ref.group_loss) - (stats.loss - ref.loss)
+        return gaps - self.tolerance, stats.present
+
+    def excess_accuracy_gaps(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Estimated :math:`\hat\psi_g` (without the tolerance) and which groups are observed."""
+        ref = self.reference
+        if self.buffers is not None:
+            observed = self.buffers.is_full()
+            group_acc = self.buffers.means()
+            weights = observed.to(group_acc.dtype)
+            if self.overall == "population":
+                weights = weights * ref.population_share
+                dense = weighted_overall(ref.group_accuracy, weights)
+            else:
+                dense = ref.accuracy
+            sparse = weighted_overall(group_acc, weights)
+        else:
+            observed = stats.present
+            group_acc = stats.group_accuracy
+            dense = ref.accuracy
+            if self.overall == "population":
+                sparse = stats.accuracy
+            else:
+                sparse = weighted_overall(group_acc, observed.to(group_acc.dtype))
+        gaps = (ref.group_accuracy - group_acc) - (dense - sparse)
+        return gaps, observed
+
+    def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accuracy excess gaps minus the tolerance, from buffers or the batch."""
+        gaps, observed = self.excess_accuracy_gaps(stats)
+        return gaps - self.tolerance, observed
+
+    def config(self) -> dict[str, Any]:
+        """See :meth:`GroupFairnessProblem.config`; adds tolerance, buffer size and mode."""
+        return {
+            **super().config(),
+            "tolerance": self.tolerance,
+            "buffer_size": self.buffer_size,
+            "overall": self.overall,
+        }
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"buffers": self.buffers.state_dict() if self.buffers is not None else None}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.buffers is not None:
+            self.buffers.load_state_dict(state["buffers"])
+
+    def _move_extra_state(self, device: torch.device) -> None:
+        if self.buffers is not None:
+            self.buffers.to(device)

@@ -1,0 +1,128 @@
+"""Equalized loss (Tran et al., 2022), the paper's main baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cooper
+import torch
+
+from ceag_cooper._validation import check_non_negative_float, check_positive_int
+from ceag_cooper.buffers import ReplayBufferStore
+from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
+from ceag_cooper.problems.ceag import weighted_overall
+from ceag_cooper.stats import GroupMetrics, LossFn
+
+__all__ = ["EqualizedLoss"]
+
+
+class EqualizedLoss(GroupFairnessProblem):
+    r"""Constrain every group's loss to equal the overall loss: :math:`L_g - L = 0`.
+
+    The model step uses the batch's differentiable :math:`L_g - L` on the groups present. The
+    multiplier step uses the same quantity, detached, or, with ``buffer_size=k`` (``EL + RB``),
+    each group's mean of its last ``k`` per-sample losses (groups with full buffers only), the
+    overall loss being their population-weighted mean: weights are the reference's population
+    shares when ``reference`` is given, else the group counts seen so far in training.
+
+    With ``absolute=True`` the constraints become inequalities :math:`|L_g - L| \le \epsilon`
+    (non-negative multipliers); otherwise they are equalities (multipliers of either sign).
+
+    Args:
+        num_groups: number of groups (or give ``reference``).
+        reference: optional dense :class:`GroupMetrics` (only its population shares are used).
+        buffer_size: ``k`` for loss replay buffers; ``None`` (default) uses the batch.
+        absolute: use :math:`|L_g - L| - \epsilon \le 0` instead of equalities.
+        tolerance: :math:`\epsilon` for ``absolute=True`` (must stay 0 otherwise).
+        loss_fn, start_step, device, check_finite: see :class:`GroupFairnessProblem`.
+
+    Example:
+        >>> import torch
+        >>> problem = EqualizedLoss(num_groups=3)
+        >>> state = problem.compute_cmp_state(logits=torch.randn(6, 2), targets=torch.tensor([0, 1] * 3),
+        ...                                   group_ids=torch.tensor([0, 1, 2, 0, 1, 2]))
+        >>> state.observed_constraints[problem.fairness].violation.shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        *,
+        num_groups: int | None = None,
+        reference: GroupMetrics | None = None,
+        buffer_size: int | None = None,
+        absolute: bool = False,
+        tolerance: float = 0.0,
+        loss_fn: LossFn | None = None,
+        start_step: int = 0,
+        device: torch.device | str | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        self.tolerance = check_non_negative_float(tolerance, "tolerance")
+        if not absolute and self.tolerance != 0.0:
+            raise ValueError("`tolerance` needs `absolute=True`: equality constraints L_g - L = 0 have no tolerance.")
+        if buffer_size is not None:
+            check_positive_int(buffer_size, "buffer_size")
+        self.absolute = absolute
+        self.buffer_size = buffer_size
+        self.constraint_type = cooper.ConstraintType.INEQUALITY if absolute else cooper.ConstraintType.EQUALITY
+        super().__init__(
+            num_groups=num_groups,
+            reference=reference,
+            loss_fn=loss_fn,
+            start_step=start_step,
+            device=device,
+            check_finite=check_finite,
+        )
+        self.buffers = (
+            ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None
+        )
+        self._seen_counts = torch.zeros(self.num_groups, device=self.device)
+
+    def _shape(self, gaps: torch.Tensor) -> torch.Tensor:
+        return gaps.abs() - self.tolerance if self.absolute else gaps
+
+    def update_estimates(self, stats: BatchStatistics) -> None:
+        """Feed per-sample losses to the buffers and count the groups seen."""
+        self._seen_counts += stats.group_count.detach()
+        if self.buffers is not None:
+            self.buffers.update(stats.group_ids, stats.per_sample_loss.detach())
+
+    def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable ``L_g - L`` on the present groups."""
+        return self._shape(stats.group_loss - stats.loss), stats.present
+
+    def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """``L_g - L`` from the loss buffers (full groups) or the batch, detached."""
+        if self.buffers is None:
+            return self._shape(stats.group_loss.detach() - stats.loss.detach()), stats.present
+        observed = self.buffers.is_full()
+        group_loss = self.buffers.means()
+        shares = self.reference.population_share if self.reference is not None else self._seen_counts
+        overall = weighted_overall(group_loss, observed.to(group_loss.dtype) * shares)
+        return self._shape(group_loss - overall), observed
+
+    def config(self) -> dict[str, Any]:
+        """See :meth:`GroupFairnessProblem.config`; adds buffer size, tolerance and form."""
+        return {
+            **super().config(),
+            "buffer_size": self.buffer_size,
+            "absolute": self.absolute,
+            "tolerance": self.tolerance,
+        }
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "buffers": self.buffers.state_dict() if self.buffers is not None else None,
+            "seen_counts": self._seen_counts.clone(),
+        }
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.buffers is not None:
+            self.buffers.load_state_dict(state["buffers"])
+        self._seen_counts.copy_(state["seen_counts"])
+
+    def _move_extra_state(self, device: torch.device) -> None:
+        if self.buffers is not None:
+            self.buffers.to(device)
+        self._seen_counts = self._seen_counts.to(device)

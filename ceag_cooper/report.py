@@ -1,0 +1,241 @@
+"""Disparity report: per-group accuracy gaps of a sparse model against its dense reference."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ceag_cooper.stats import GroupMetrics
+
+__all__ = ["DisparityReport"]
+
+
+def _as_array(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+@dataclass
+class DisparityReport:
+    r"""How unevenly pruning changed each group's accuracy, on one data split.
+
+    :math:`\Delta_g = acc_{dense}(g) - acc_{sparse}(g)`, :math:`\Delta = acc_{dense} -
+    acc_{sparse}` (whole split), :math:`\psi_g = \Delta_g - \Delta`; ``max_psi`` is
+    :math:`\max_g \psi_g` and ``psi_pw`` is :math:`\Psi_{PW} = \max_g \psi_g - \min_g \psi_g`.
+    Groups with no sample in the split have ``psi = nan`` and are left out of both.
+
+    Attributes:
+        group_names: a name per group.
+        dense_accuracy: ``(G,)`` dense accuracy per group.
+        sparse_accuracy: ``(G,)`` sparse accuracy per group.
+        count: ``(G,)`` samples per group in the split.
+        dense_overall: dense accuracy on the whole split.
+        sparse_overall: sparse accuracy on the whole split.
+        tolerance: :math:`\epsilon` used for :attr:`feasible` (``None``: not judged).
+
+    Example:
+        >>> r = DisparityReport(["a", "b"], [0.9, 0.8], [0.88, 0.70], [50, 50], 0.85, 0.79, tolerance=0.01)
+        >>> round(r.max_psi, 4), round(r.psi_pw, 4), r.feasible
+        (0.04, 0.08, False)
+    """
+
+    group_names: list[str]
+    dense_accuracy: np.ndarray
+    sparse_accuracy: np.ndarray
+    count: np.ndarray
+    dense_overall: float
+    sparse_overall: float
+    tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        self.dense_accuracy = _as_array(self.dense_accuracy)
+        self.sparse_accuracy = _as_array(self.sparse_accuracy)
+        self.count = _as_array(self.count)
+        self.dense_overall = float(self.dense_overall)
+        self.sparse_overall = float(self.sparse_overall)
+        self.group_names = [str(n) for n in self.group_names]
+        sizes = {len(self.group_names), self.dense_accuracy.size, self.sparse_accuracy.size, self.count.size}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"group_names, dense_accuracy, sparse_accuracy and count must have one entry per group, "
+                f"got lengths {len(self.group_names)}, {self.dense_accuracy.size}, "
+                f"{self.sparse_accuracy.size}, {self.count.size}."
+            )
+        if self.tolerance is not None and not self.tolerance >= 0:
+            raise ValueError(f"`tolerance` must be >= 0, got {self.tolerance}.")
+
+    @classmethod
+    def from_metrics(
+        cls,
+        dense: GroupMetrics,
+        sparse: GroupMetrics,
+        *,
+        group_names: Sequence[str] | None = None,
+        tolerance: float | None = None,
+    ) -> DisparityReport:
+        """Build from the dense and sparse models' :class:`GroupMetrics` on the same split."""
+        if dense.num_groups != sparse.num_groups:
+            raise ValueError(f"dense has {dense.num_groups} groups but sparse has {sparse.num_groups}.")
+        names = list(group_names) if group_names is not None else [str(g) for g in range(dense.num_groups)]
+        return cls(
+            group_names=names,
+            dense_accuracy=dense.group_accuracy,
+            sparse_accuracy=sparse.group_accuracy,
+            count=sparse.group_count,
+            dense_overall=float(dense.accuracy),
+            sparse_overall=float(sparse.accuracy),
+            tolerance=tolerance,
+        )
+
+    @property
+    def group_gap(self) -> np.ndarray:
+        r"""``(G,)`` :math:`\Delta_g` (nan for groups absent from the split)."""
+        gap = self.dense_accuracy - self.sparse_accuracy
+        return np.where(self.count > 0, gap, np.nan)
+
+    @property
+    def overall_gap(self) -> float:
+        r""":math:`\Delta`, the whole-split accuracy drop."""
+        return self.dense_overall - self.sparse_overall
+
+    @property
+    def psi(self) -> np.ndarray:
+        r"""``(G,)`` excess accuracy gaps :math:`\psi_g` (nan for absent groups)."""
+        return self.group_gap - self.overall_gap
+
+    @property
+    def max_psi(self) -> float:
+        r""":math:`\max_g \psi_g` over the groups present."""
+        return float(np.nanmax(self.psi)) if np.any(self.count > 0) else math.nan
+
+    @property
+    def min_psi(self) -> float:
+        r""":math:`\min_g \psi_g` over the groups present."""
+        return float(np.nanmin(self.psi)) if np.any(self.count > 0) else math.nan
+
+    @property
+    def psi_pw(self) -> float:
+        r""":math:`\Psi_{PW} = \max_g \psi_g - \min_g \psi_g`."""
+        return self.max_psi - self.min_psi
+
+    @property
+    def feasible(self) -> bool | None:
+        r"""``max_psi <= tolerance`` (``None`` when no tolerance was given)."""
+        return None if self.tolerance is None else bool(self.max_psi <= self.tolerance)
+
+    def is_feasible(self, tolerance: float) -> bool:
+        r"""Whether every present group has :math:`\psi_g \le` ``tolerance``."""
+        return bool(self.max_psi <= tolerance)
+
+    @property
+    def by_group(self) -> dict[str, dict[str, float]]:
+        """Per-group rows (fairlearn-style): dense/sparse accuracy, gap, psi, count."""
+        rows = {}
+        for g, name in enumerate(self.group_names):
+            rows[name] = {
+                "dense_accuracy": float(self.dense_accuracy[g]),
+                "sparse_accuracy": float(self.sparse_accuracy[g]),
+                "gap": float(self.group_gap[g]),
+                "psi": float(self.psi[g]),
+                "count": float(self.count[g]),
+            }
+        return rows
+
+    @property
+    def overall(self) -> dict[str, Any]:
+        """Whole-split numbers: accuracies, overall gap, max psi, Psi_PW, feasibility."""
+        return {
+            "dense_accuracy": self.dense_overall,
+            "sparse_accuracy": self.sparse_overall,
+            "gap": self.overall_gap,
+            "max_psi": self.max_psi,
+            "psi_pw": self.psi_pw,
+            "tolerance": self.tolerance,
+            "feasible": self.feasible,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"overall": ..., "by_group": ...}`` with plain Python values (nan as ``None``)."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and math.isnan(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return value
+
+        return {"overall": clean(self.overall), "by_group": clean(self.by_group)}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The report as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def to_markdown(self, *, title: str | None = None) -> str:
+        """A markdown table (percentages), one row per group, then the overall numbers."""
+        lines = [f"### {title}", ""] if title else []
+        lines += [
+            "| group | n | dense acc | sparse acc | Δ_g | ψ_g |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in self.by_group.items():
+            cells = [
+                f"{100 * row[k]:.2f}" if not math.isnan(row[k]) else "–"
+                for k in ("dense_accuracy", "sparse_accuracy", "gap", "psi")
+            ]
+            lines.append(f"| {name} | {int(row['count'])} | " + " | ".join(cells) + " |")
+        feasible = "" if self.tolerance is None else f", feasible at ε = {100 * self.tolerance:.2f}: {self.feasible}"
+        lines += [
+            "",
+            f"Overall: dense {100 * self.dense_overall:.2f}%, sparse {100 * self.sparse_overall:.2f}%, "
+            f"Δ = {100 * self.overall_gap:.2f}, max ψ = {100 * self.max_psi:.2f}, "
+            f"Ψ_PW = {100 * self.psi_pw:.2f} (points){feasible}.",
+        ]
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path, *, title: str | None = None) -> Path:
+        """Save a two-panel PNG: ψ_g per group (with ε), and dense vs sparse accuracy.
+
+        Needs the ``plot`` extra (matplotlib).
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("DisparityReport.plot needs matplotlib: pip install 'ceag-cooper[plot]'.") from error
+        x = np.arange(len(self.group_names))
+        width = max(6.0, 0.45 * len(self.group_names) + 2)
+        fig, (ax_psi, ax_acc) = plt.subplots(2, 1, figsize=(min(width, 30), 7), sharex=True)
+        psi = 100 * self.psi
+        colors = ["tab:red" if self.tolerance is not None and p > 100 * self.tolerance else "tab:blue" for p in psi]
+        ax_psi.bar(x, np.nan_to_num(psi), color=colors)
+        ax_psi.axhline(0, color="black", linewidth=0.8)
+        if self.tolerance is not None:
+            ax_psi.axhline(100 * self.tolerance, color="tab:red", linestyle="--", label=f"ε = {100 * self.tolerance:g}")
+            ax_psi.legend(loc="best")
+        ax_psi.set_ylabel("ψ_g (accuracy points)")
+        ax_psi.set_title(title or f"max ψ = {100 * self.max_psi:.2f}, Ψ_PW = {100 * self.psi_pw:.2f} points")
+        ax_acc.bar(x - 0.2, 100 * self.dense_accuracy, width=0.4, label="dense", color="tab:gray")
+        ax_acc.bar(x + 0.2, 100 * self.sparse_accuracy, width=0.4, label="sparse", color="tab:green")
+        ax_acc.set_ylabel("accuracy (%)")
+        ax_acc.legend(loc="lower right")
+        ax_acc.set_xticks(x)
+        ax_acc.set_xticklabels(
+            self.group_names, rotation=45 if len(x) > 4 else 0, ha="right" if len(x) > 4 else "center"
+        )
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path

@@ -1,0 +1,340 @@
+"""Per-group statistics: one batch (vectorized, differentiable) and a whole loader (streaming).
+
+All functions accept group ids of shape ``(N,)`` (one group per sample) or ``(N, M)`` (each
+sample in ``M`` groups, e.g. marginal groups); a value then counts once in each of its groups.
+Everything stays on the input's device: ``index_add`` / ``bincount``, no Python loop over groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ceag_cooper._validation import check_group_ids
+from ceag_cooper.groups import GroupSpec
+from ceag_cooper.progress import progress_bar
+
+__all__ = [
+    "GroupMetrics",
+    "GroupMetricsAccumulator",
+    "LossFn",
+    "evaluate_groups",
+    "flatten_membership",
+    "group_means",
+    "group_sums",
+    "per_sample_loss_and_correct",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A per-sample loss: ``loss_fn(logits, targets) -> (N,)`` (no reduction)."""
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def per_sample_loss_and_correct(
+    logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample loss (cross-entropy by default) and 0/1 correctness (``argmax == target``).
+
+    Returns:
+        ``(loss, correct)``, both of shape ``(N,)``; ``correct`` is a float tensor of 0s and 1s.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"`logits` must have shape (N, num_classes), got {tuple(logits.shape)}.")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"`targets` must have shape ({logits.shape[0]},), got {tuple(targets.shape)}.")
+    loss = (loss_fn or _cross_entropy)(logits, targets)
+    if loss.shape != targets.shape:
+        raise ValueError(
+            f"`loss_fn` must return one loss per sample, shape {tuple(targets.shape)}, got {tuple(loss.shape)}; "
+            "use reduction='none'."
+        )
+    correct = (logits.detach().argmax(dim=1) == targets).to(logits.dtype)
+    return loss, correct
+
+
+def flatten_membership(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair each value with each of its groups, in sample-major order.
+
+    Args:
+        values: ``(N,)`` per-sample values.
+        group_ids: ``(N,)`` or ``(N, M)`` group ids.
+
+    Returns:
+        ``(flat_ids, flat_values)`` of length ``N`` or ``N * M``.
+    """
+    if group_ids.dim() == 1:
+        return group_ids, values
+    members = group_ids.shape[1]
+    return group_ids.reshape(-1), values.unsqueeze(1).expand(-1, members).reshape(-1)
+
+
+def group_sums(
+    values: torch.Tensor,
+    group_ids: torch.Tensor,
+    num_groups: int,
+    *,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group (weighted) sums and counts; differentiable with respect to ``values``.
+
+    Args:
+        values: ``(N,)`` per-sample values.
+        group_ids: ``(N,)`` or ``(N, M)`` ids in ``[0, num_groups)``.
+        num_groups: number of groups ``G``.
+        weights: optional ``(N,)`` non-negative sample weights (default 1).
+
+    Returns:
+        ``(sums, counts)``, each of shape ``(G,)``, in the dtype of ``values``.
+
+    Example:
+        >>> import torch
+        >>> sums, counts = group_sums(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 2, 0]), 3)
+        >>> sums.tolist(), counts.tolist()
+        ([5.0, 0.0, 2.0], [2.0, 0.0, 1.0])
+    """
+    if values.dim() != 1 or values.shape[0] != group_ids.shape[0]:
+        raise ValueError(
+            f"`values` must have shape ({group_ids.shape[0]},) to match `group_ids`, got {tuple(values.shape)}."
+        )
+    if weights is None:
+        weights = torch.ones_like(values)
+    elif weights.shape != values.shape:
+        raise ValueError(f"`weights` must have shape {tuple(values.shape)}, got {tuple(weights.shape)}.")
+    ids, flat_values = flatten_membership(values * weights, group_ids)
+    _, flat_weights = flatten_membership(weights.to(values.dtype), group_ids)
+    sums = values.new_zeros(num_groups).index_add(0, ids, flat_values)
+    counts = values.new_zeros(num_groups).index_add(0, ids, flat_weights.detach())
+    return sums, counts
+
+
+def group_means(values: torch.Tensor, group_ids: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group means (0 for groups without samples) and counts; differentiable.
+
+    Returns:
+        ``(means, counts)`` of shape ``(G,)``.
+    """
+    sums, counts = group_sums(values, group_ids, num_groups)
+    return sums / counts.clamp(min=1.0), counts
+
+
+@dataclass
+class GroupMetrics:
+    """Accuracy and loss of one model on one data set, per group and overall.
+
+    Used both as the dense model's *reference statistics* and as the evaluation of the sparse
+    model. Overall numbers count each sample once, also for marginal groups.
+
+    Attributes:
+        group_accuracy: ``(G,)`` mean 0/1 accuracy per group (0 where a group has no sample).
+        group_loss: ``(G,)`` mean loss per group.
+        group_count: ``(G,)`` (weighted) number of samples per group.
+        accuracy: overall accuracy (0-d tensor).
+        loss: overall mean loss (0-d tensor).
+        num_samples: (weighted) number of samples (0-d tensor).
+    """
+
+    group_accuracy: torch.Tensor
+    group_loss: torch.Tensor
+    group_count: torch.Tensor
+    accuracy: torch.Tensor
+    loss: torch.Tensor
+    num_samples: torch.Tensor
+
+    @property
+    def num_groups(self) -> int:
+        """Number of groups ``G``."""
+        return int(self.group_count.shape[0])
+
+    @property
+    def population_share(self) -> torch.Tensor:
+        """``group_count / num_samples``: each group's share of the data."""
+        return self.group_count / self.num_samples
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the tensors."""
+        return self.group_accuracy.device
+
+    def to(self, device: torch.device | str) -> GroupMetrics:
+        """A copy on ``device``."""
+        return GroupMetrics(**{k: v.to(device) for k, v in self.state_dict().items()})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors, by field name (loads with ``torch.load(weights_only=True)``)."""
+        return {
+            "group_accuracy": self.group_accuracy,
+            "group_loss": self.group_loss,
+            "group_count": self.group_count,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "num_samples": self.num_samples,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GroupMetrics:
+        """Rebuild from :meth:`state_dict` output."""
+        return cls(**{k: torch.as_tensor(state[k]) for k in cls.__dataclass_fields__})
+
+
+class GroupMetricsAccumulator:
+    """Streaming per-group accuracy and loss over many batches (torchmetrics vocabulary).
+
+    Sums are kept in float64 so that long evaluations do not lose precision.
+
+    Args:
+        num_groups: number of groups ``G``.
+        device: where the running sums live (default CPU; use the model's device).
+
+    Example:
+        >>> import torch
+        >>> acc = GroupMetricsAccumulator(2)
+        >>> acc.update(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), torch.tensor([0, 1]))
+        >>> acc.compute().group_accuracy.tolist()
+        [1.0, 0.0]
+    """
+
+    def __init__(self, num_groups: int, *, device: torch.device | str | None = None) -> None:
+        self.num_groups = num_groups
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+        zeros = torch.zeros(self.num_groups, dtype=torch.float64, device=self.device)
+        self._correct, self._loss, self._count = zeros.clone(), zeros.clone(), zeros.clone()
+        self._total = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, loss, count
+
+    @torch.no_grad()
+    def update(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        group_ids: torch.Tensor,
+        *,
+        weights: torch.Tensor | None = None,
+        loss_fn: LossFn | None = None,
+    ) -> None:
+        """Add one batch of predictions.
+
+        Args:
+            logits: ``(N, C)`` model outputs.
+            targets: ``(N,)`` class indices.
+            group_ids: ``(N,)`` or ``(N, M)`` group ids.
+            weights: optional ``(N,)`` sample weights (e.g. 0 for padded samples).
+            loss_fn: per-sample loss (default cross-entropy).
+        """
+        group_ids = check_group_ids(group_ids, self.num_groups)
+        loss, correct = per_sample_loss_and_correct(logits, targets, loss_fn)
+        self.update_from_values(loss, correct, group_ids, weights=weights)
+
+    @torch.no_grad()
+    def update_from_values(
+        self,
+        loss: torch.Tensor,
+        correct: torch.Tensor,
+        group_ids: torch.Tensor,
+        *,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        """Add per-sample losses and 0/1 correctness directly (no model outputs needed)."""
+        loss, correct = loss.double().to(self.device), correct.double().to(self.device)
+        group_ids = group_ids.to(self.device)
+        w = torch.ones_like(loss) if weights is None else weights.double().to(self.device)
+        correct_sums, counts = group_sums(correct, group_ids, self.num_groups, weights=w)
+        loss_sums, _ = group_sums(loss, group_ids, self.num_groups, weights=w)
+        self._correct += correct_sums
+        self._loss += loss_sums
+        self._count += counts
+        self._total += torch.stack([(correct * w).sum(), (loss * w).sum(), w.sum()])
+
+    def compute(self) -> GroupMetrics:
+        """The metrics of everything seen since the last :meth:`reset` (float32 tensors)."""
+        count = self._count.clamp(min=1e-12)
+        total = self._total[2].clamp(min=1e-12)
+        return GroupMetrics(
+            group_accuracy=(self._correct / count).float(),
+            group_loss=(self._loss / count).float(),
+            group_count=self._count.float(),
+            accuracy=(self._total[0] / total).float(),
+            loss=(self._total[1] / total).float(),
+            num_samples=self._total[2].float(),
+        )
+
+
+def _unpack_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+        raise ValueError(
+            "each batch must be a tuple (inputs, targets, protected_attributes_or_group_ids), "
+            f"got {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}."
+        )
+    return batch[0], batch[1], batch[2]
+
+
+@torch.no_grad()
+def evaluate_groups(
+    model: torch.nn.Module,
+    loader: Iterable,
+    *,
+    groups: GroupSpec | int,
+    loss_fn: LossFn | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    description: str = "evaluate",
+) -> GroupMetrics:
+    """Per-group accuracy and loss of ``model`` over a whole loader, in eval mode.
+
+    This is how the dense model's *reference statistics* are computed (once, before
+    fine-tuning), and how the sparse model is evaluated for a :class:`DisparityReport`.
+
+    Args:
+        model: the model; its train/eval mode is restored afterwards.
+        loader: iterable of ``(inputs, targets, attributes)``; with an ``int`` for ``groups``
+            the third element must already be group ids.
+        groups: a :class:`GroupSpec` (converts attributes to ids) or the number of groups.
+        loss_fn: per-sample loss (default cross-entropy).
+        device: where to run (default: the model's device).
+        progress: show a progress bar (needs the ``progress`` extra, tqdm; silent without it).
+        description: progress bar label.
+
+    Returns:
+        The :class:`GroupMetrics` of the whole loader.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> data = [(torch.randn(8, 3), torch.randint(0, 2, (8,)), torch.randint(0, 4, (8,)))]
+        >>> metrics = evaluate_groups(model, data, groups=4)
+        >>> metrics.group_accuracy.shape
+        torch.Size([4])
+    """
+    spec = groups if isinstance(groups, GroupSpec) else None
+    num_groups = spec.num_groups if spec is not None else int(groups)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    accumulator = GroupMetricsAccumulator(num_groups, device=device)
+    was_training = model.training
+    model.eval()
+    iterator = loader
+    if progress:
+        iterator = progress_bar(loader, description=description)
+    seen = False
+    try:
+        for batch in iterator:
+            inputs, targets, third = _unpack_batch(batch)
+            inputs, targets, third = inputs.to(device), targets.to(device), third.to(device)
+            group_ids = spec.group_ids(third) if spec is not None else third
+            accumulator.update(model(inputs), targets, group_ids, loss_fn=loss_fn)
+            seen = True
+    finally:
+        model.train(was_training)
+    if not seen:
+        raise ValueError("`loader` yielded no batch: cannot compute group statistics of an empty data set.")
+    return accumulator.compute()
