@@ -17,7 +17,7 @@ from ceag_cooper.problems import (
     OverallMode,
     Unconstrained,
 )
-from ceag_cooper.report import DisparityReport
+from ceag_cooper.report import DisparityReport, plot_comparison
 from ceag_cooper.stats import (
     GroupMetrics,
     GroupMetricsAccumulator,
@@ -49,4 +49,5 @@ __all__ = [
     "group_means",
     "group_sums",
     "per_sample_loss_and_correct",
+    "plot_comparison",
 ]

@@ -1,0 +1,75 @@
+"""ReplayBufferStore against one deque(maxlen=k) per group (property-based)."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from naive_reference import NaiveBuffers
+
+from ceag_cooper import ReplayBufferStore
+
+
+@st.composite
+def buffer_runs(draw):
+    num_groups = draw(st.sampled_from([1, 2, 3, 7, 50, 2000]))
+    k = draw(st.integers(1, 6))
+    members = draw(st.sampled_from([1, 1, 2]))  # 2 = marginal-style (N, 2) ids
+    batches = []
+    for _ in range(draw(st.integers(1, 6))):
+        n = draw(st.integers(1, 40))
+        # Concentrate ids on a few groups sometimes, so that groups get > k samples per batch.
+        hot = draw(st.integers(1, num_groups))
+        ids = draw(
+            st.lists(st.lists(st.integers(0, hot - 1), min_size=members, max_size=members), min_size=n, max_size=n)
+        )
+        values = draw(st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=n, max_size=n))
+        batches.append((ids, values))
+    return num_groups, k, members, batches
+
+
+@given(buffer_runs())
+def test_buffer_matches_deque_oracle_after_every_update(run):
+    num_groups, k, members, batches = run
+    store = ReplayBufferStore(num_groups, k)
+    oracle = NaiveBuffers(num_groups, k)
+    for ids, values in batches:
+        ids_tensor = torch.tensor(ids)
+        if members == 1:
+            ids_tensor, ids = ids_tensor[:, 0], [row[0] for row in ids]
+        store.update(ids_tensor, torch.tensor(values))
+        oracle.update(ids, values)
+        assert store.is_full().tolist() == oracle.full()
+        assert store.fill.tolist() == [len(d) for d in oracle.deques]
+        torch.testing.assert_close(store.means(), torch.tensor(oracle.means()), rtol=1e-5, atol=1e-5)
+        for g in {i for row in ids for i in (row if isinstance(row, list) else [row])}:
+            assert store.contents(g) == pytest.approx(list(oracle.deques[g]), abs=1e-6)
+
+
+def test_more_than_k_samples_in_one_batch_keeps_the_last_k():
+    store = ReplayBufferStore(2, 3)
+    store.update(torch.tensor([0, 1, 0, 0, 0, 0]), torch.tensor([1.0, 9.0, 2.0, 3.0, 4.0, 5.0]))
+    assert store.contents(0) == [3.0, 4.0, 5.0]
+    assert store.contents(1) == [9.0]
+    assert store.is_full().tolist() == [True, False]
+
+
+def test_state_dict_round_trip_and_reset():
+    store = ReplayBufferStore(4, 2)
+    store.update(torch.tensor([0, 0, 1, 3, 3, 3]), torch.arange(6.0))
+    fresh = ReplayBufferStore(4, 2)
+    fresh.load_state_dict(store.state_dict())
+    assert [fresh.contents(g) for g in range(4)] == [store.contents(g) for g in range(4)]
+    fresh.update(torch.tensor([1]), torch.tensor([7.0]))
+    store.update(torch.tensor([1]), torch.tensor([7.0]))
+    torch.testing.assert_close(fresh.means(), store.means())
+    store.reset()
+    assert store.fill.sum().item() == 0
+    assert store.means().abs().sum().item() == 0
+    with pytest.raises(ValueError, match="expected"):
+        ReplayBufferStore(5, 2).load_state_dict(fresh.state_dict())
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [({"capacity": 0}, ValueError), ({"capacity": 2.5}, TypeError)])
+def test_bad_capacity(kwargs, error):
+    with pytest.raises(error, match="capacity"):
+        ReplayBufferStore(3, **kwargs)

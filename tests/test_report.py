@@ -1,0 +1,66 @@
+"""DisparityReport on hand-made numbers."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ceag_cooper import DisparityReport, GroupMetrics
+
+
+def test_max_psi_pairwise_and_feasibility_by_hand():
+    # Delta_g = [0.02, 0.10, -0.01]; Delta = 0.85 - 0.80 = 0.05; psi = [-0.03, 0.05, -0.06].
+    report = DisparityReport(["a", "b", "c"], [0.90, 0.80, 0.70], [0.88, 0.70, 0.71], [10, 20, 30], 0.85, 0.80)
+    assert report.psi.tolist() == pytest.approx([-0.03, 0.05, -0.06])
+    assert report.max_psi == pytest.approx(0.05)
+    assert report.psi_pw == pytest.approx(0.11)
+    assert report.feasible is None
+    assert report.is_feasible(0.0501)
+    assert not report.is_feasible(0.049)
+    assert DisparityReport(["a"], [0.9], [0.9], [1], 0.9, 0.9, tolerance=0.0).feasible is True
+    assert report.by_group["b"] == pytest.approx(
+        {"dense_accuracy": 0.8, "sparse_accuracy": 0.7, "gap": 0.1, "psi": 0.05, "count": 20.0}
+    )
+
+
+def test_absent_groups_are_left_out():
+    report = DisparityReport(["a", "b", "c"], [0.9, 0.8, 0.7], [0.8, 0.0, 0.65], [5, 0, 5], 0.8, 0.7)
+    assert math.isnan(report.psi[1])
+    assert report.max_psi == pytest.approx(0.0)
+    assert report.psi_pw == pytest.approx(0.05)
+    assert report.to_dict()["by_group"]["b"]["psi"] is None
+    assert "–" in report.to_markdown()
+
+
+def test_from_metrics_exports_and_plot(tmp_path):
+    def metrics(accs, acc):
+        return GroupMetrics(
+            torch.tensor(accs),
+            torch.zeros(2),
+            torch.tensor([3.0, 1.0]),
+            torch.tensor(acc),
+            torch.tensor(0.0),
+            torch.tensor(4.0),
+        )
+
+    report = DisparityReport.from_metrics(
+        metrics([1.0, 1.0], 1.0), metrics([1.0, 0.0], 0.75), group_names=["x", "y"], tolerance=0.01
+    )
+    assert report.max_psi == pytest.approx(0.75)
+    assert report.feasible is False
+    loaded = json.loads(report.to_json(tmp_path / "r.json"))
+    assert loaded["overall"]["max_psi"] == pytest.approx(0.75)
+    assert json.loads((tmp_path / "r.json").read_text()) == loaded
+    text = report.to_markdown(title="train")
+    assert "### train" in text
+    assert "| y | 1 |" in text
+    assert "max ψ = 75.00" in text
+    path = report.plot(tmp_path / "r.png")
+    assert path.stat().st_size > 1000
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mismatched_lengths_are_rejected():
+    with pytest.raises(ValueError, match="one entry per group"):
+        DisparityReport(["a"], [0.9, 0.8], [0.9, 0.8], [1, 1], 0.9, 0.9)
