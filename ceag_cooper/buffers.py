@@ -78,7 +78,10 @@ class ReplayBufferStore:
         """
         ids, vals = flatten_membership(values.detach(), group_ids)
         num_values = ids.shape[0]
-        counts = torch.bincount(ids, minlength=self.num_groups)
+        # index_add (not bincount, which reads max(ids) back to the host on accelerators).
+        counts = torch.zeros(self.num_groups, dtype=torch.long, device=ids.device).index_add_(
+            0, ids, torch.ones_like(ids)
+        )
         # Rank of each value among the values of its own group in this batch (0, 1, 2, ...).
         order = torch.sort(ids, stable=True).indices
         starts = torch.cumsum(counts, 0) - counts

@@ -51,15 +51,15 @@ def build_optimizer(
     """
     if not isinstance(problem, GroupFairnessProblem):
         raise TypeError(f"`problem` must be a GroupFairnessProblem, got {type(problem).__name__}.")
-    if problem.constraint_type is None:
-        return cooper.optim.UnconstrainedOptimizer(cmp=problem, primal_optimizers=primal_optimizer)
     if isinstance(dual_lr, bool) or not isinstance(dual_lr, (int, float)) or not dual_lr > 0:
         raise ValueError(f"`dual_lr` must be a float > 0, got {dual_lr!r}.")
-    dual_optimizer = torch.optim.SGD(problem.dual_parameters(), lr=float(dual_lr), maximize=True)
-    if order == "dual_primal":
-        optimizer_class = cooper.optim.AlternatingDualPrimalOptimizer
-    elif order == "simultaneous":
-        optimizer_class = cooper.optim.SimultaneousOptimizer
-    else:
+    classes = {
+        "dual_primal": cooper.optim.AlternatingDualPrimalOptimizer,
+        "simultaneous": cooper.optim.SimultaneousOptimizer,
+    }
+    if order not in classes:
         raise ValueError(f"`order` must be 'dual_primal' or 'simultaneous', got {order!r}.")
-    return optimizer_class(cmp=problem, primal_optimizers=primal_optimizer, dual_optimizers=dual_optimizer)
+    if problem.constraint_type is None:
+        return cooper.optim.UnconstrainedOptimizer(cmp=problem, primal_optimizers=primal_optimizer)
+    dual_optimizer = torch.optim.SGD(problem.dual_parameters(), lr=float(dual_lr), maximize=True)
+    return classes[order](cmp=problem, primal_optimizers=primal_optimizer, dual_optimizers=dual_optimizer)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ceag_cooper._validation import check_group_ids
+from ceag_cooper._validation import check_group_ids, check_positive_int
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.progress import progress_bar
 
@@ -200,7 +200,7 @@ class GroupMetricsAccumulator:
     """
 
     def __init__(self, num_groups: int, *, device: torch.device | str | None = None) -> None:
-        self.num_groups = num_groups
+        self.num_groups = check_positive_int(num_groups, "num_groups")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.reset()
 
@@ -298,7 +298,7 @@ def evaluate_groups(
             the third element must already be group ids.
         groups: a :class:`GroupSpec` (converts attributes to ids) or the number of groups.
         loss_fn: per-sample loss (default cross-entropy).
-        device: where to run (default: the model's device).
+        device: where batches are moved (default: the model's device; must match it).
         progress: show a progress bar (needs the ``progress`` extra, tqdm; silent without it).
         description: progress bar label.
 
@@ -315,10 +315,13 @@ def evaluate_groups(
     """
     spec = groups if isinstance(groups, GroupSpec) else None
     num_groups = spec.num_groups if spec is not None else int(groups)
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    first = next(model.parameters(), None)
+    model_device = first.device if first is not None else None
+    device = torch.empty(0, device=device if device is not None else model_device).device
+    if model_device is not None and model_device != device:
+        raise ValueError(
+            f"the model is on {model_device} but `device={device}`; move the model with `model.to(device)`."
+        )
     accumulator = GroupMetricsAccumulator(num_groups, device=device)
     was_training = model.training
     model.eval()

@@ -166,3 +166,34 @@ def test_simultaneous_order_and_bad_optimizer_arguments():
         build_optimizer(object(), torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="computed for 3 groups"):
         EqualizedLoss(num_groups=4, reference=REFERENCE)
+
+
+def test_unconstrained_problem_still_validates_optimizer_arguments():
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="order"):
+        build_optimizer(Unconstrained(num_groups=2), torch.optim.SGD(model.parameters(), lr=0.1), order="bogus")
+
+
+def test_a_subclass_hook_with_the_wrong_shape_is_named():
+    class Broken(CEAG):
+        def strict_violations(self, stats):
+            return stats.group_accuracy[:2], stats.present[:2]
+
+    problem = Broken(reference=REFERENCE, buffer_size=None)
+    with pytest.raises(ValueError, match=r"Broken.strict_violations must return .* shape \(3,\)"):
+        problem.compute_cmp_state(
+            logits=torch.randn(3, 2, requires_grad=True),
+            targets=torch.tensor([0, 1, 0]),
+            group_ids=torch.tensor([0, 1, 2]),
+        )
+
+
+def test_group_ids_on_another_device_and_dtype_only_moves():
+    problem = CEAG(reference=REFERENCE)
+    with pytest.raises(ValueError, match="is on meta but the problem lives on cpu"):
+        problem.batch_statistics(
+            torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long, device="meta")
+        )
+    problem.to(torch.float64)
+    assert problem.device == torch.device("cpu")
+    assert problem.multiplier_values.dtype == torch.float64

@@ -163,3 +163,12 @@ def test_bad_group_ids_are_rejected_with_a_named_argument(ids, error, match):
     acc = GroupMetricsAccumulator(4)
     with pytest.raises(error, match=match):
         acc.update(torch.randn(2, 3), torch.tensor([0, 1]), ids)
+
+
+def test_evaluate_groups_device_must_match_the_model():
+    model = torch.nn.Linear(3, 2)
+    data = [(torch.randn(4, 3), torch.randint(0, 2, (4,)), torch.randint(0, 2, (4,)))]
+    with pytest.raises(ValueError, match="model is on cpu"):
+        evaluate_groups(model, data, groups=2, device="meta")
+    with pytest.raises(ValueError, match="num_groups"):
+        GroupMetricsAccumulator(0)

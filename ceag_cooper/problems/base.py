@@ -128,7 +128,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if device is None:
             device = reference.device if reference is not None else torch.device("cpu")
         self.num_groups = num_groups
-        self.device = torch.device(device)
+        self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
         self.reference = reference.to(self.device) if reference is not None else None
         self.loss_fn = loss_fn
         self.start_step = start_step
@@ -234,8 +234,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         misc: dict[str, Any] = {"stats": stats}
         if not active:
             return cooper.CMPState(loss=stats.loss, misc=misc)
-        proxy, proxy_observed = self.proxy_violations(stats)
-        strict, strict_observed = self.strict_violations(stats)
+        proxy, proxy_observed = self._checked(self.proxy_violations(stats), "proxy_violations")
+        strict, strict_observed = self._checked(self.strict_violations(stats), "strict_violations")
         violation = torch.where(proxy_observed, proxy, torch.zeros_like(proxy))
         strict_violation = torch.where(strict_observed, strict, torch.zeros_like(strict)).detach()
         if self.check_finite:
@@ -248,6 +248,17 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             strict_constraint_features=self._indices,
         )
         return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)
+
+    def _checked(self, output: tuple[torch.Tensor, torch.Tensor], hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Metadata checks of a hook's ``(values, observed)`` (free: no values are read)."""
+        count = self.num_constraints()
+        values, observed = output
+        if values.shape != (count,) or observed.shape != (count,) or observed.dtype != torch.bool:
+            raise ValueError(
+                f"{type(self).__name__}.{hook} must return (values, observed) of shape ({count},), observed "
+                f"of dtype bool; got shapes {tuple(values.shape)}, {tuple(observed.shape)} and dtype {observed.dtype}."
+            )
+        return values, observed
 
     # ------------------------------------------------------------------- device & state
     def _extra_state(self) -> dict[str, Any]:
@@ -272,7 +283,10 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
     def to(self, *args: Any, **kwargs: Any) -> GroupFairnessProblem:
         """Move multipliers, reference and buffers (``problem.to("cuda")``)."""
         super().to(*args, **kwargs)
-        device = torch.empty(0).to(*args, **kwargs).device
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is None:  # a dtype-only call: nothing else to move
+            return self
+        device = torch.empty(0, device=device).device
         self.device = device
         if self.reference is not None:
             self.reference = self.reference.to(device)

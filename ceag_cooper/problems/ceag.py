@@ -35,8 +35,10 @@ class CEAG(GroupFairnessProblem):
       With replay buffers (``buffer_size=k``), :math:`acc_{sparse}(g)` is the mean of the
       group's last ``k`` per-sample accuracies and only groups with full buffers are observed;
       the overall gap is then the population-weighted mean of the observed groups' gaps
-      (weights = reference shares renormalized over those groups), which equals the
-      whole-data gap once every buffer is full. Without buffers the batch is used: group
+      (weights = reference shares renormalized over those groups). Once every buffer is full,
+      its dense side is exactly the reference's whole-data accuracy and its sparse side a
+      share-weighted estimate of the whole-data sparse accuracy; while a single group is
+      observed, that group's estimate is 0 by construction. Without buffers the batch is used: group
       accuracies of the present groups, overall sparse accuracy of the batch, overall dense
       accuracy of the reference.
 

@@ -1,20 +1,15 @@
-"""Unstructured magnitude pruning with boolean masks held by the pruner.
-
-The model keeps its parameters and ``state_dict`` keys (unlike ``torch.nn.utils.prune``, which
-renames ``weight`` to ``weight_orig``). Pruned weights stay exactly zero through any optimizer:
-a gradient hook zeroes their gradients and :meth:`MagnitudePruner.attach` re-applies the masks
-after every ``optimizer.step()`` (momentum, weight decay and Adam cannot revive them).
-"""
+"""Unstructured magnitude pruning (layer-wise or global) on top of the :class:`MaskEngine`."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from ceag_cooper.pruning.engine import MaskEngine
 from ceag_cooper.pruning.schedules import SparsitySchedule, check_sparsity
 
 __all__ = ["MagnitudePruner", "Scope", "default_prunable_parameters"]
@@ -69,7 +64,7 @@ def default_prunable_parameters(
     return names
 
 
-class MagnitudePruner:
+class MagnitudePruner(MaskEngine):
     """Keeps the largest-magnitude weights, layer by layer or globally, following a schedule.
 
     Args:
@@ -126,67 +121,19 @@ class MagnitudePruner:
                 model, keep_dense=keep_dense, prune_first_conv=prune_first_conv, prune_last_linear=prune_last_linear
             )
         )
-        params = dict(model.named_parameters())
-        if not names:
-            raise ValueError(
-                "no prunable parameter: the model has no conv/linear weight left after the dense-layer defaults; "
-                "pass `parameters=[...]` or `prune_first_conv=True` / `prune_last_linear=True`."
-            )
-        for name in names:
-            if name not in params:
-                raise ValueError(f"`parameters` names {name!r}, which is not a parameter of the model.")
-            if not params[name].requires_grad:
-                raise ValueError(
-                    f"parameter {name!r} is frozen (requires_grad=False) but selected for pruning; "
-                    "unfreeze it or leave it out with `keep_dense=[...]`."
-                )
-        self.parameter_names = names
-        self.masks: dict[str, torch.Tensor] = {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
+        super().__init__(model, names)
         self.current_step: int | None = None
         self.sparsity = 0.0
-        self._handles: list[Any] = []
-        for name in names:
-            self._handles.append(params[name].register_hook(self._gradient_hook(name)))
-
-    # --------------------------------------------------------------------------- masking
-    def _gradient_hook(self, name: str):
-        def hook(grad: torch.Tensor) -> torch.Tensor:
-            return grad * self.masks[name]
-
-        return hook
-
-    def _params(self) -> dict[str, nn.Parameter]:
-        params = dict(self.model.named_parameters())
-        return {n: params[n] for n in self.parameter_names}
-
-    @torch.no_grad()
-    def apply_masks(self) -> None:
-        """Zero every pruned weight (idempotent)."""
-        for name, param in self._params().items():
-            param.mul_(self.masks[name])
-
-    def attach(self, optimizers: torch.optim.Optimizer | Iterable[torch.optim.Optimizer]) -> None:
-        """Re-apply the masks after every step of ``optimizers`` (e.g. Cooper's primal optimizers)."""
-        if isinstance(optimizers, torch.optim.Optimizer):
-            optimizers = [optimizers]
-        for optimizer in optimizers:
-            self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply_masks()))
-
-    def remove(self) -> None:
-        """Detach all hooks (the weights stay as they are)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
     # ------------------------------------------------------------------------- selection
     def _layerwise(self, sparsity: float) -> dict[str, torch.Tensor]:
         new = {}
-        for name, param in self._params().items():
+        for name, param in self._params.items():
             new[name] = _keep_largest(param.detach(), self.masks[name], round(sparsity * param.numel()))
         return new
 
     def _global(self, sparsity: float) -> dict[str, torch.Tensor]:
-        params = self._params()
+        params = self._params
         sizes = {n: p.numel() for n, p in params.items()}
         total = round(sparsity * sum(sizes.values()))
         cap = self.max_layer_sparsity
@@ -230,8 +177,8 @@ class MagnitudePruner:
         """
         check_sparsity(sparsity)
         selected = self._global(sparsity) if self.scope == "global" else self._layerwise(sparsity)
-        for name in self.masks:
-            self.masks[name] = self.masks[name] & selected[name]
+        for name, keep in selected.items():
+            self.restrict(name, keep)
         self.apply_masks()
         self.sparsity = self.measured_sparsity()
         return self.sparsity
@@ -254,31 +201,15 @@ class MagnitudePruner:
         """Whether the schedule has reached its final sparsity."""
         return self.current_step is not None and self.current_step >= self.schedule.last_step
 
-    def measured_sparsity(self) -> float:
-        """Fraction of pruned entries over all pruned parameters (from the masks)."""
-        total = sum(m.numel() for m in self.masks.values())
-        kept = sum(int(m.sum()) for m in self.masks.values())
-        return 1.0 - kept / total
-
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Masks, schedule position and parameter names."""
-        return {
-            "masks": {n: m.clone() for n, m in self.masks.items()},
-            "current_step": self.current_step,
-            "parameter_names": list(self.parameter_names),
-        }
+        """Masks, parameter names and schedule position."""
+        return {**super().state_dict(), "current_step": self.current_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore masks and schedule position, and zero the pruned weights."""
-        if list(state["parameter_names"]) != self.parameter_names:
-            raise ValueError(
-                f"pruner state is for parameters {state['parameter_names']}, this pruner prunes {self.parameter_names}."
-            )
-        for name, mask in state["masks"].items():
-            self.masks[name] = mask.to(device=self.masks[name].device, dtype=torch.bool).clone()
+        super().load_state_dict(state)
         self.current_step = state["current_step"]
-        self.apply_masks()
         self.sparsity = self.measured_sparsity()
 
 

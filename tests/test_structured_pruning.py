@@ -1,0 +1,98 @@
+"""Structured channel pruning: masked training, then physical removal with equal outputs."""
+
+import pytest
+import torch
+from torch import nn
+
+from ceag_cooper.models import SmallCNN, cifar_resnet
+from ceag_cooper.pruning import ChannelPruner, GradualSchedule, OneShotSchedule
+
+
+def train_a_little(model, pruner, steps=5):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    pruner.attach(optimizer)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "bn_scale"])
+def test_residual_cnn_finalize_matches_the_masked_model(importance):
+    torch.manual_seed(0)
+    model = cifar_resnet(20, num_classes=5, width=8)
+    example = torch.randn(2, 3, 32, 32)
+    pruner = ChannelPruner(model, example, schedule=GradualSchedule(0.5, num_updates=2), importance=importance)
+    pruner.step(0)
+    pruner.step(1)
+    train_a_little(model, pruner)
+    pruner.step(2)
+    assert pruner.channel_sparsity() == pytest.approx(0.5, abs=0.05)
+    masked_report = pruner.report()
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    masked = model(x)
+    small = pruner.finalize()
+    torch.testing.assert_close(small(x), masked, atol=1e-5, rtol=1e-5)
+    report = pruner.report()
+    params = sum(p.numel() for p in small.parameters())
+    assert report["params"] == params
+    assert params < 0.5 * report["dense_params"]
+    assert report["macs"] < 0.5 * report["dense_macs"]
+    assert masked_report["params"] == params  # the masked count predicted the finalized size
+    assert all(layer["kept"] < layer["channels"] for layer in report["layers"].values())
+
+
+def test_masked_channels_stay_zero_through_training():
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=5, width=8)
+    pruner = ChannelPruner(model, torch.randn(2, 3, 32, 32), schedule=OneShotSchedule(0.25))
+    pruner.step(0)
+    train_a_little(model, pruner, steps=10)
+    params = dict(model.named_parameters())
+    for name, mask in pruner.masks.items():
+        assert (params[name][~mask] == 0).all(), name
+    assert model.classifier.out_features == 5
+
+
+def test_checkpoint_round_trip_of_masks():
+    model = SmallCNN(num_classes=5, width=8)
+    example = torch.randn(2, 3, 32, 32)
+    pruner = ChannelPruner(model, example, schedule=OneShotSchedule(0.5))
+    pruner.step(0)
+    twin = SmallCNN(num_classes=5, width=8)
+    twin.load_state_dict(model.state_dict())
+    twin_pruner = ChannelPruner(twin, example, schedule=OneShotSchedule(0.5))
+    twin_pruner.load_state_dict(pruner.state_dict())
+    assert twin_pruner.channel_sparsity() == pruner.channel_sparsity()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(twin_pruner.finalize().eval()(x), pruner.finalize().eval()(x))
+
+
+def test_untraceable_inputs_and_bad_arguments_are_named():
+    model = SmallCNN(num_classes=5, width=8)
+    pruner = ChannelPruner(model, torch.randn(2, 3, 32, 32), schedule=OneShotSchedule(0.5))
+    pruner.example_inputs = torch.randn(2, 7, 32, 32)  # wrong channel count
+    with pytest.raises(ValueError, match="could not trace SmallCNN"):
+        pruner.step(0)
+    with pytest.raises(ValueError, match="ignored_layers"):
+        ChannelPruner(model, torch.randn(2, 3, 32, 32), schedule=OneShotSchedule(0.5), ignored_layers=["head"])
+    with pytest.raises(ValueError, match="importance"):
+        ChannelPruner(model, torch.randn(2, 3, 32, 32), schedule=OneShotSchedule(0.5), importance="random-ish")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_models(name):
+    models = pytest.importorskip("torchvision.models", reason="torchvision (the `vision` extra) is not installed")
+    torch.manual_seed(0)
+    model = getattr(models, name)(num_classes=5).eval()
+    example = torch.randn(1, 3, 64, 64)
+    pruner = ChannelPruner(model, example, schedule=OneShotSchedule(0.3))
+    pruner.step(0)
+    masked = model(example)
+    small = pruner.finalize()
+    torch.testing.assert_close(small(example), masked, atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in small.parameters()) < pruner.dense_params
