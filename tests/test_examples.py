@@ -4,6 +4,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -32,3 +34,20 @@ def test_custom_constraint_example_runs(capsys):
     report = load("custom_constraint").main(["--epochs", "1", "--dense-epochs", "2", "--samples", "600"])
     assert len(report.group_names) == 3
     assert "largest per-group drop" in capsys.readouterr().out
+
+
+def test_gmp_then_ceag_keeps_masks_and_switches_mitigation_on_after_pruning(capsys):
+    module = load("prune_and_mitigate")
+    _, pruner, problem = module.main(
+        ["--epochs", "4", "--prune-epochs", "2", "--dense-epochs", "2", "--samples", "600"]
+    )
+    params = dict(pruner.model.named_parameters())
+    for name, mask in pruner.masks.items():
+        assert (params[name][~mask] == 0).all()
+    assert pruner.measured_sparsity() == pytest.approx(0.85, abs=0.01)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert ["mitigation off" in line for line in lines] == [True, True, False, False]
+    assert problem.buffers.is_full().all()
+    assert (problem.multiplier_values >= 0).all()
+    during = module.main(["--epochs", "2", "--dense-epochs", "1", "--samples", "300", "--mitigate-during-pruning"])[2]
+    assert during.start_step == 0
