@@ -207,3 +207,42 @@ def test_bad_sparsities_and_frozen_layers():
     model[3].weight.requires_grad_(False)
     with pytest.raises(ValueError, match=r"'3.weight' is frozen"):
         MagnitudePruner(model, schedule=OneShotSchedule(0.5))
+
+
+def test_sparsity_report_counts_layers_and_effective_macs():
+    from ceag_cooper.pruning import sparsity_report
+
+    model = small_cnn()
+    pruner = MagnitudePruner(model, schedule=OneShotSchedule(0.75))
+    pruner.step(0)
+    report = sparsity_report(model, example_inputs=torch.randn(1, 3, 8, 8))
+    by_name = {layer.name: layer for layer in report.layers}
+    assert by_name["3"].sparsity == pytest.approx(0.75, abs=1 / by_name["3"].params)
+    assert by_name["0"].sparsity == 0.0  # first conv stays dense
+    assert by_name["3"].nonzeros == int((model[3].weight != 0).sum())
+    assert report.effective_macs < report.macs
+    dense_part = sum(layer.macs for layer in report.layers if layer.name in ("0", "9"))
+    assert report.effective_macs >= dense_part
+    text = report.to_markdown()
+    assert "| 3 |" in text
+    assert report.to_dict()["sparsity"] == pytest.approx(report.sparsity)
+
+
+def test_masks_hold_under_torch_compile():
+    pytest.importorskip("torch._inductor", reason="torch.compile backend unavailable")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    pruner = MagnitudePruner(model, schedule=OneShotSchedule(0.8), prune_last_linear=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pruner.attach(optimizer)
+    pruner.step(0)
+    compiled = torch.compile(model)
+    for _ in range(5):
+        x, y = torch.randn(16, 8), torch.randint(0, 2, (16,))
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(compiled(x), y).backward()
+        optimizer.step()
+    params = dict(model.named_parameters())
+    for name, mask in pruner.masks.items():
+        assert (params[name][~mask] == 0).all()
+        assert (params[name].grad[~mask] == 0).all()

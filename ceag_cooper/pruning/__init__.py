@@ -2,6 +2,7 @@
 
 from ceag_cooper.pruning.engine import MaskEngine
 from ceag_cooper.pruning.masks import MagnitudePruner, Scope, default_prunable_parameters
+from ceag_cooper.pruning.report import LayerSparsity, SparsityReport, sparsity_report
 from ceag_cooper.pruning.schedules import GradualSchedule, OneShotSchedule, SparsitySchedule, check_sparsity
 from ceag_cooper.pruning.structured import ChannelImportance, ChannelPruner
 
@@ -9,11 +10,14 @@ __all__ = [
     "ChannelImportance",
     "ChannelPruner",
     "GradualSchedule",
+    "LayerSparsity",
     "MagnitudePruner",
     "MaskEngine",
     "OneShotSchedule",
     "Scope",
+    "SparsityReport",
     "SparsitySchedule",
     "check_sparsity",
     "default_prunable_parameters",
+    "sparsity_report",
 ]
