@@ -2,8 +2,8 @@
 
 Semantics are exactly those of one ``collections.deque(maxlen=k)`` per group fed in batch order:
 if a group has more than ``k`` samples in one batch, only its last ``k`` are kept. The store is a
-``(G, k)`` ring with one write pointer and one fill count per group; an update is a stable sort,
-a ``bincount`` and one scatter, with no Python loop and no host round trip.
+``(G, k)`` ring with one count of values written per group; an update is a stable sort, a
+cumulative count and one scatter, with no Python loop and no host round trip.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class ReplayBufferStore:
         # One spare column (index k) takes the writes of values that are not kept, so that the
         # scatter needs no boolean indexing (which would force a device-to-host sync).
         self._ring = torch.zeros(self.num_groups, self.capacity + 1, dtype=dtype, device=device)
-        self._next = torch.zeros(self.num_groups, dtype=torch.long, device=device)
-        self._fill = torch.zeros(self.num_groups, dtype=torch.long, device=device)
+        # Values ever written per group: the write slot is written % k, the fill min(written, k).
+        self._written = torch.zeros(self.num_groups, dtype=torch.long, device=device)
 
     @property
     def device(self) -> torch.device:
@@ -60,13 +60,12 @@ class ReplayBufferStore:
     @property
     def fill(self) -> torch.Tensor:
         """``(G,)`` number of values held per group (at most ``k``)."""
-        return self._fill
+        return self._written.clamp(max=self.capacity)
 
     def reset(self) -> None:
         """Empty every buffer."""
         self._ring.zero_()
-        self._next.zero_()
-        self._fill.zero_()
+        self._written.zero_()
 
     @torch.no_grad()
     def update(self, group_ids: torch.Tensor, values: torch.Tensor) -> None:
@@ -77,25 +76,24 @@ class ReplayBufferStore:
             values: ``(N,)`` per-sample values; with ``(N, M)`` ids each value goes to ``M`` groups.
         """
         ids, vals = flatten_membership(values.detach(), group_ids)
-        num_values = ids.shape[0]
+        # Work in group-sorted order (stable, so batch order is kept within a group): the i-th
+        # sorted value is number i - start[g] of its group g in this batch.
+        sorted_ids, order = torch.sort(ids, stable=True)
         # index_add (not bincount, which reads max(ids) back to the host on accelerators).
-        counts = torch.zeros(self.num_groups, dtype=torch.long, device=ids.device).index_add_(
-            0, ids, torch.ones_like(ids)
-        )
-        # Rank of each value among the values of its own group in this batch (0, 1, 2, ...).
-        order = torch.sort(ids, stable=True).indices
-        starts = torch.cumsum(counts, 0) - counts
-        rank_sorted = torch.arange(num_values, device=ids.device) - starts[ids[order]]
-        rank = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)
-        kept = rank >= counts[ids] - self.capacity
-        slot = torch.where(kept, (self._next[ids] + rank) % self.capacity, self.capacity)
-        self._ring.index_put_((ids, slot), vals.to(self._ring.dtype))
-        self._next.add_(counts).remainder_(self.capacity)
-        self._fill.add_(counts).clamp_(max=self.capacity)
+        counts = torch.zeros_like(self._written).index_add_(0, ids, torch.ones_like(ids))
+        ends = torch.cumsum(counts, 0)
+        position = torch.arange(ids.shape[0], device=ids.device)
+        # Slot of value i: (written[g] + i - start[g]) % k, with start = ends - counts. Only the
+        # last k values of each group are kept: i >= ends[g] - k; the others go to the spare column.
+        offset = (self._written - ends + counts)[sorted_ids]
+        kept = position >= (ends - self.capacity)[sorted_ids]
+        slot = torch.where(kept, (position + offset) % self.capacity, self.capacity)
+        self._ring.index_put_((sorted_ids, slot), vals[order].to(self._ring.dtype))
+        self._written.add_(counts)
 
     def is_full(self) -> torch.Tensor:
         """``(G,)`` bool: which groups hold ``k`` values (only those count as estimates)."""
-        return self._fill == self.capacity
+        return self._written >= self.capacity
 
     def sums(self) -> torch.Tensor:
         """``(G,)`` sum of the held values of each group."""
@@ -103,25 +101,25 @@ class ReplayBufferStore:
 
     def means(self) -> torch.Tensor:
         """``(G,)`` mean of the held values of each group (0 for an empty group)."""
-        return self.sums() / self._fill.clamp(min=1).to(self._ring.dtype)
+        return self.sums() / self._written.clamp(min=1, max=self.capacity).to(self._ring.dtype)
 
     def contents(self, group: int) -> list[float]:
         """The held values of one group, oldest first (for tests and debugging; syncs)."""
-        fill, nxt = int(self._fill[group]), int(self._next[group])
-        start = (nxt - fill) % self.capacity
+        written = int(self._written[group])
+        fill = min(written, self.capacity)
+        start = (written - fill) % self.capacity
         idx = [(start + i) % self.capacity for i in range(fill)]
         return [float(v) for v in self._ring[group, idx].tolist()]
 
     def to(self, device: torch.device | str) -> ReplayBufferStore:
         """Move the store to ``device`` in place and return it."""
         self._ring = self._ring.to(device)
-        self._next = self._next.to(device)
-        self._fill = self._fill.to(device)
+        self._written = self._written.to(device)
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Ring, pointers and fill counts (loads with ``torch.load(weights_only=True)``)."""
-        return {"ring": self._ring.clone(), "next": self._next.clone(), "fill": self._fill.clone()}
+        return {"ring": self._ring.clone(), "written": self._written.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore from :meth:`state_dict` output; shapes must match ``(G, k)``."""
@@ -132,5 +130,4 @@ class ReplayBufferStore:
                 f"for {self.num_groups} groups and capacity {self.capacity}."
             )
         self._ring.copy_(state["ring"])
-        self._next.copy_(state["next"])
-        self._fill.copy_(state["fill"])
+        self._written.copy_(state["written"])

@@ -62,16 +62,17 @@ def flatten_membership(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[t
     """Pair each value with each of its groups, in sample-major order.
 
     Args:
-        values: ``(N,)`` per-sample values.
+        values: ``(N,)`` or ``(N, C)`` per-sample values.
         group_ids: ``(N,)`` or ``(N, M)`` group ids.
 
     Returns:
-        ``(flat_ids, flat_values)`` of length ``N`` or ``N * M``.
+        ``(flat_ids, flat_values)`` with ``N`` or ``N * M`` rows.
     """
     if group_ids.dim() == 1:
         return group_ids, values
     members = group_ids.shape[1]
-    return group_ids.reshape(-1), values.unsqueeze(1).expand(-1, members).reshape(-1)
+    expanded = values.unsqueeze(1).expand(values.shape[0], members, *values.shape[1:])
+    return group_ids.reshape(-1), expanded.reshape(-1, *values.shape[1:])
 
 
 def group_sums(
@@ -84,13 +85,14 @@ def group_sums(
     """Per-group (weighted) sums and counts; differentiable with respect to ``values``.
 
     Args:
-        values: ``(N,)`` per-sample values.
+        values: ``(N,)`` per-sample values, or ``(N, C)`` for ``C`` statistics at once.
         group_ids: ``(N,)`` or ``(N, M)`` ids in ``[0, num_groups)``.
         num_groups: number of groups ``G``.
         weights: optional ``(N,)`` non-negative sample weights (default 1).
 
     Returns:
-        ``(sums, counts)``, each of shape ``(G,)``, in the dtype of ``values``.
+        ``(sums, counts)``: sums of shape ``(G,)`` (or ``(G, C)``) and counts of shape ``(G,)``,
+        in the dtype of ``values``.
 
     Example:
         >>> import torch
@@ -98,29 +100,39 @@ def group_sums(
         >>> sums.tolist(), counts.tolist()
         ([5.0, 0.0, 2.0], [2.0, 0.0, 1.0])
     """
-    if values.dim() != 1 or values.shape[0] != group_ids.shape[0]:
+    if values.dim() not in (1, 2) or values.shape[0] != group_ids.shape[0]:
         raise ValueError(
-            f"`values` must have shape ({group_ids.shape[0]},) to match `group_ids`, got {tuple(values.shape)}."
+            f"`values` must have shape ({group_ids.shape[0]},) or ({group_ids.shape[0]}, C) to match "
+            f"`group_ids`, got {tuple(values.shape)}."
         )
-    if weights is None:
-        weights = torch.ones_like(values)
-    elif weights.shape != values.shape:
-        raise ValueError(f"`weights` must have shape {tuple(values.shape)}, got {tuple(weights.shape)}.")
-    ids, flat_values = flatten_membership(values * weights, group_ids)
-    _, flat_weights = flatten_membership(weights.to(values.dtype), group_ids)
-    sums = values.new_zeros(num_groups).index_add(0, ids, flat_values)
-    counts = values.new_zeros(num_groups).index_add(0, ids, flat_weights.detach())
-    return sums, counts
+    if weights is not None and weights.shape != values.shape[:1]:
+        raise ValueError(f"`weights` must have shape {tuple(values.shape[:1])}, got {tuple(weights.shape)}.")
+    ones = torch.ones_like(values[:, :1]) if values.dim() == 2 else torch.ones_like(values).unsqueeze(1)
+    columns = values if values.dim() == 2 else values.unsqueeze(1)
+    if weights is not None:
+        w = weights.to(values.dtype).unsqueeze(1)
+        columns, ones = columns * w, w.detach()
+    # One index_add for the sums and the counts together.
+    ids, flat = flatten_membership(torch.cat([columns, ones.expand(-1, 1)], dim=1), group_ids)
+    totals = values.new_zeros(num_groups, flat.shape[1]).index_add(0, ids, flat)
+    sums = totals[:, :-1] if values.dim() == 2 else totals[:, 0]
+    return sums, totals[:, -1].detach()
 
 
 def group_means(values: torch.Tensor, group_ids: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group means (0 for groups without samples) and counts; differentiable.
 
+    Args:
+        values: ``(N,)`` or ``(N, C)`` per-sample values.
+        group_ids: ``(N,)`` or ``(N, M)`` group ids.
+        num_groups: number of groups ``G``.
+
     Returns:
-        ``(means, counts)`` of shape ``(G,)``.
+        ``(means, counts)``: means of shape ``(G,)`` (or ``(G, C)``), counts ``(G,)``.
     """
     sums, counts = group_sums(values, group_ids, num_groups)
-    return sums / counts.clamp(min=1.0), counts
+    denominator = counts.clamp(min=1.0)
+    return sums / (denominator if sums.dim() == 1 else denominator.unsqueeze(1)), counts
 
 
 @dataclass

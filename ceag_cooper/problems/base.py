@@ -181,8 +181,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if group_ids.shape[0] != logits.shape[0]:
             raise ValueError(f"`group_ids` has {group_ids.shape[0]} rows but the batch has {logits.shape[0]} samples.")
         loss, correct = per_sample_loss_and_correct(logits, targets, self.loss_fn)
-        group_loss, counts = group_means(loss, group_ids, self.num_groups)
-        group_acc, _ = group_means(correct, group_ids, self.num_groups)
+        means, counts = group_means(torch.stack([loss, correct], dim=1), group_ids, self.num_groups)
+        group_loss, group_acc = means[:, 0], means[:, 1].detach()
         return BatchStatistics(
             logits=logits,
             group_ids=group_ids,
