@@ -1,0 +1,167 @@
+"""Data loaders on their real on-disk formats: shared data where present, written fixtures otherwise."""
+
+import io
+import pickle
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ceag_cooper.data import (
+    load_adult,
+    load_cifar100,
+    load_fairface,
+    load_omniglot,
+    load_utkface,
+    resolve_data_dir,
+    utkface_split,
+)
+from ceag_cooper.data.utkface import parse_name
+
+DATA = resolve_data_dir()
+UTKFACE = DATA / "utkface" / "UTKFace.tar.gz"
+needs_utkface = pytest.mark.skipif(not UTKFACE.is_file(), reason=f"UTKFace archive not found at {UTKFACE}")
+needs_adult = pytest.mark.skipif(not (DATA / "adult").is_dir(), reason=f"Adult CSVs not found under {DATA}")
+needs_omniglot = pytest.mark.skipif(not (DATA / "omniglot").is_dir(), reason=f"Omniglot zips not found under {DATA}")
+
+
+def png_bytes(array):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG" if array.ndim == 2 else "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def utkface_names():
+    with tarfile.open(UTKFACE, "r:gz") as archive:
+        return sorted(Path(m.name).name for m in archive if m.isfile())
+
+
+@needs_utkface
+def test_utkface_paper_split_sizes_and_test_race_counts(utkface_names):
+    assert len(utkface_names) == 23708
+    labelled = [n for n in utkface_names if parse_name(n) is not None]
+    assert len(labelled) == 23705  # the 3 known files without a race field are skipped
+    train, test = utkface_split(labelled)
+    assert (len(train), len(test)) == (18964, 4741)
+    races = Counter(parse_name(labelled[i])[2] for i in test)
+    assert [races[r] for r in range(5)] == [1991, 914, 686, 825, 325]
+
+
+@needs_utkface
+def test_utkface_loads_real_images_from_an_extracted_folder(tmp_path, utkface_names):
+    folder = tmp_path / "utkface" / "UTKFace"
+    folder.mkdir(parents=True)
+    wanted = set(utkface_names[:40:2]) | {"39_1_20170116174525125.jpg.chip.jpg"}  # one without a race
+    with tarfile.open(UTKFACE, "r:gz") as archive:
+        for member in archive:
+            if Path(member.name).name in wanted:
+                (folder / Path(member.name).name).write_bytes(archive.extractfile(member).read())
+    (folder / "30_0_1_20170101000000000.jpg.chip.jpg").write_bytes(b"not a jpeg")  # unreadable
+    with pytest.warns(UserWarning, match=r"skipped \d+ file\(s\) whose names lack labels .* and 1 unreadable"):
+        data = load_utkface(tmp_path, split="all", target="gender", protected=("race", "age_bucket"),
+                            size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
+    names = sorted(n for n in wanted if parse_name(n) is not None)
+    assert len(data) == len(names)
+    expected = torch.tensor([parse_name(n)[1] for n in names])
+    assert torch.equal(data.targets, expected)
+    assert data.inputs.shape == (len(names), 3, 16, 16)
+    assert data.attributes[:, 0].tolist() == [parse_name(n)[2] for n in names]
+    ages = np.array([parse_name(n)[0] for n in names])
+    assert data.attributes[:, 1].tolist() == np.digitize(ages, [10, 15, 20, 25, 30, 40, 50, 60]).tolist()
+    assert data.group_spec(mode="intersectional").num_groups == 45
+    # The second load comes from the cache (no decoding): same tensors.
+    with pytest.warns(UserWarning, match="skipped"):
+        again = load_utkface(tmp_path, split="all", target="gender", protected=("race", "age_bucket"),
+                             size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
+    assert torch.equal(again.inputs, data.inputs)
+
+
+@pytest.mark.filterwarnings("ignore:the target 'race' is also a protected attribute")
+def test_utkface_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"utkface/UTKFace.tar.gz .* CEAG_DATA_DIR"):
+        load_utkface(tmp_path)
+    with pytest.raises(ValueError, match="unknown UTKFace attribute 'ethnicity'"):
+        load_utkface(tmp_path, protected=("ethnicity",))
+    with pytest.raises(ValueError, match="split"):
+        load_utkface(tmp_path, split="validation")
+    with pytest.warns(UserWarning, match="also a protected attribute"), pytest.raises(FileNotFoundError):
+        load_utkface(tmp_path, target="race", protected=("race",))
+    broken = tmp_path / "broken" / "utkface"
+    broken.mkdir(parents=True)
+    (broken / "UTKFace.tar.gz").write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(ValueError, match=r"not a readable \.tar\.gz"):
+        load_utkface(tmp_path / "broken", cache_dir=tmp_path / "cache", progress=False)
+
+
+@needs_adult
+def test_adult_real_files():
+    train, test = load_adult(protected=("sex", "race"))
+    assert (len(train), len(test)) == (32561, 16281)
+    assert train.inputs.shape[1] == test.inputs.shape[1]
+    assert abs(train.targets.float().mean().item() - 0.2408) < 0.001  # 7,841 of 32,561 earn > 50K
+    assert abs(test.targets.float().mean().item() - 0.2362) < 0.001  # labels with a trailing '.' parsed
+    numeric = train.inputs[:, :6]
+    torch.testing.assert_close(numeric.mean(0), torch.zeros(6), atol=1e-4, rtol=0)
+    assert Counter(train.attributes[:, 0].tolist()) == {0: 21790, 1: 10771}
+    assert train.group_spec(mode="intersectional").num_groups == 10
+
+
+@needs_omniglot
+def test_omniglot_real_zips_are_deduplicated_and_split_by_drawer():
+    train, test = load_omniglot(size=20)
+    assert len(train) + len(test) == 4840
+    assert len(test) == 242 * 5
+    assert train.num_classes == 242
+    assert torch.equal(train.attributes[:, 0], train.targets)
+    _, test_alphabets = load_omniglot(size=20, groups="alphabet")
+    assert test_alphabets.attribute_sizes == (8,)
+
+
+def test_cifar100_python_format_fixture(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}  # fmt: skip
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+    for split, n in (("train", 12), ("test", 4)):
+        fine = rng.integers(0, 100, n).tolist()
+        raw = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": fine,
+               b"coarse_labels": [f // 5 for f in fine], b"filenames": [b"x.png"] * n}  # fmt: skip
+        (folder / split).write_bytes(pickle.dumps(raw))
+    train, test = load_cifar100(tmp_path)
+    assert train.inputs.shape == (12, 3, 32, 32)
+    assert len(test) == 4
+    assert torch.equal(train.attributes[:, 0], train.targets // 5)
+    assert train.group_spec().num_groups == 20
+    assert load_cifar100(tmp_path, groups="fine")[0].group_spec().num_groups == 100
+    # The first pixel's red channel is byte 0 of the row (channel-major layout).
+    first = pickle.loads((folder / "train").read_bytes())[b"data"][0]
+    assert train.inputs[0, 0, 0, 0].item() == pytest.approx((first[0] / 255 - 0.507) / 0.267, abs=1e-5)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        load_cifar100(tmp_path / "nowhere")
+
+
+def test_fairface_csv_and_image_folder_fixture(tmp_path):
+    folder = tmp_path / "fairface"
+    (folder / "val").mkdir(parents=True)
+    rows = ["file,age,gender,race,service_test"]
+    rng = np.random.default_rng(0)
+    labels = [("20-29", "Male", "White"), ("3-9", "Female", "East Asian"), ("more than 70", "Female", "Indian")]
+    for i, (age, gender, race) in enumerate(labels, start=1):
+        (folder / "val" / f"{i}.jpg").write_bytes(png_bytes(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)))
+        rows.append(f"val/{i}.jpg,{age},{gender},{race},True")
+    rows.append("val/9.jpg,20-29,Male,Martian,False")  # unknown label
+    rows.append("val/10.jpg,20-29,Male,White,False")  # missing image
+    (folder / "fairface_label_val.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(UserWarning, match="skipped 2 row"):
+        data = load_fairface(tmp_path, split="val", target="gender", protected=("race", "age"), size=8)
+    assert data.targets.tolist() == [0, 1, 1]
+    assert data.attributes.tolist() == [[0, 3], [3, 1], [5, 8]]
+    assert data.inputs.shape == (3, 3, 8, 8)
