@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) examples/quickstart_loop.py
+	$(VENV)/bin/ceag-cooper demo
 
 test: install
 	$(PY) -m pytest

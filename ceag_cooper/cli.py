@@ -1,0 +1,202 @@
+"""The ``ceag-cooper`` command line: train-dense, prune, report, demo.
+
+Every experiment option is a field of :class:`ceag_cooper.pipeline.ExperimentConfig`; the flags
+are generated from it (``--dense-epochs`` sets ``dense_epochs``), so the CLI, the pipeline and
+the results JSON always agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, fields
+from pathlib import Path
+from typing import Any
+
+from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
+from ceag_cooper.report import DisparityReport, plot_comparison
+
+__all__ = ["main", "results_table"]
+
+_DENSE_ONLY = {"sparsity", "prune_epochs", "finetune_epochs", "lr", "method", "tolerance", "buffer_size", "dual_lr"}
+_HELP = {
+    "task": "utkface, adult, omniglot or synthetic",
+    "target": "target attribute (utkface: race, gender, age_bucket)",
+    "protected": "protected attribute(s) defining the groups",
+    "group_mode": "intersectional (product of values) or marginal",
+    "model": "small_cnn, resnet20, resnet56 or mlp",
+    "method": f"fine-tuning method: {', '.join(METHODS)}",
+    "tolerance": "epsilon, as a fraction (0.01 = one accuracy point)",
+    "buffer_size": "replay buffer length k per group",
+    "subset": "use this many training samples (quick runs)",
+    "data_dir": "folder holding the data sets (default $CEAG_DATA_DIR or ../shared/data)",
+    "cache_dir": "where decoded images are cached (default ~/.cache/ceag_cooper)",
+    "output_dir": "where checkpoints and results go",
+    "mitigate_during_pruning": "switch the constraints on from the first step, not after pruning",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, skip: set[str] = frozenset()) -> None:
+    defaults = ExperimentConfig()
+    for item in fields(ExperimentConfig):
+        if item.name in skip:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = getattr(defaults, item.name) if item.default is not MISSING or item.default_factory else None
+        help_text = f"{_HELP.get(item.name, item.name.replace('_', ' '))} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, nargs="+", default=list(default), help=help_text)
+        elif item.name in ("subset",):
+            parser.add_argument(flag, type=int, default=default, help=help_text)
+        elif default is None:
+            parser.add_argument(flag, type=str, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)}
+    return ExperimentConfig.from_dict({**values, **overrides})
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of runs: accuracy, max ψ and Ψ_PW on train and test (points)."""
+    rows = [
+        "| run | method | sparsity | train acc | train max ψ | train Ψ_PW | test acc | test max ψ | test Ψ_PW |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        train, test = result["reports"]["train"]["overall"], result["reports"]["test"]["overall"]
+        rows.append(
+            f"| {result['run']} | {result['config']['method']} | {100 * result['sparsity']:.0f}% "
+            f"| {100 * train['sparse_accuracy']:.2f} | {100 * train['max_psi']:.2f} | {100 * train['psi_pw']:.2f} "
+            f"| {100 * test['sparse_accuracy']:.2f} | {100 * test['max_psi']:.2f} | {100 * test['psi_pw']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def _report_from_dict(result: dict[str, Any], split: str) -> DisparityReport:
+    rows = result["reports"][split]["by_group"]
+    overall = result["reports"][split]["overall"]
+    return DisparityReport(
+        group_names=list(rows),
+        dense_accuracy=[r["dense_accuracy"] for r in rows.values()],
+        sparse_accuracy=[r["sparse_accuracy"] for r in rows.values()],
+        count=[r["count"] for r in rows.values()],
+        dense_overall=overall["dense_accuracy"],
+        sparse_overall=overall["sparse_accuracy"],
+        tolerance=overall["tolerance"],
+    )
+
+
+def write_report(results: Sequence[dict[str, Any]], output: Path) -> Path:
+    """Write ``report.md`` (table) and per-split comparison plots of the runs into ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    lines = ["# ceag-cooper results", "", results_table(results), ""]
+    same_groups = len({tuple(r["groups"]) for r in results}) == 1
+    for split in ("train", "test"):
+        if same_groups:
+            reports = {
+                r["config"]["method"].upper() + f" s{round(100 * r['sparsity'])}": _report_from_dict(r, split)
+                for r in results
+            }
+            path = plot_comparison(reports, output / f"psi_{split}.png", title=f"excess accuracy gaps ({split})")
+            lines.append(f"![{split}]({path.name})")
+    (output / "report.md").write_text("\n".join(lines) + "\n")
+    return output / "report.md"
+
+
+def _cmd_train_dense(args: argparse.Namespace) -> int:
+    config = _config(args)
+    task = load_task(config)
+    started = time.perf_counter()
+    _, path, reused = train_dense(config, task)
+    print(f"dense checkpoint {'reused' if reused else 'written'}: {path} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    result = run_experiment(_config(args))
+    print(results_table([result]))
+    print(f"results: {result['results_path']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    results = [json.loads(Path(p).read_text()) for p in args.results]
+    print(results_table(results))
+    print(f"report: {write_report(results, Path(args.output))}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    quick = {"subset": 1500, "dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1} if args.quick else {}
+    output = Path(args.output_dir)
+    base = ExperimentConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, output_dir=str(output), **quick)
+    started = time.perf_counter()
+    print(
+        f"UTKFace {base.image_size}px, target {base.target}, groups {'x'.join(base.protected)}, {base.model}, "
+        f"{100 * base.sparsity:.0f}% sparsity; NFT vs CEAG (eps = {base.tolerance}, k = {base.buffer_size})"
+    )
+    task = load_task(base)
+    results = []
+    for method in ("nft", "ceag"):
+        config = ExperimentConfig.from_dict({**asdict(base), "method": method})
+        results.append(run_experiment(config, task=task))
+    report = write_report(results, output)
+    print()
+    print(results_table(results))
+    nft, ceag = (r["reports"]["train"]["overall"]["max_psi"] for r in results)
+    print(
+        f"\ntrain max ψ: NFT {100 * nft:.2f} → CEAG {100 * ceag:.2f} points. "
+        f"Report, plots and JSON in {output}/ ({report.name}); took {time.perf_counter() - started:.0f} s."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its four subcommands."""
+    parser = argparse.ArgumentParser(prog="ceag-cooper", description="Constrain the disparate impact of pruning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    dense = commands.add_parser("train-dense", help="train (or reuse) the dense model")
+    _add_config_flags(dense, skip=_DENSE_ONLY | {"group_mode", "mitigate_during_pruning"})
+    dense.set_defaults(run=_cmd_train_dense)
+    prune = commands.add_parser("prune", help="prune, fine-tune with a method, evaluate, write results JSON")
+    _add_config_flags(prune)
+    prune.set_defaults(run=_cmd_prune)
+    report = commands.add_parser("report", help="markdown table and plots from results JSON files")
+    report.add_argument("results", nargs="+", help="results JSON files written by `prune` or `demo`")
+    report.add_argument("--output", default="outputs/report", help="folder for report.md and plots")
+    report.set_defaults(run=_cmd_report)
+    demo = commands.add_parser("demo", help="UTKFace, NFT vs CEAG at 90%% sparsity (minutes on a CPU)")
+    demo.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch each (a smoke test)")
+    demo.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
+    demo.add_argument("--cache-dir", default=None, help=_HELP["cache_dir"])
+    demo.add_argument("--output-dir", default="outputs/demo", help="where the report, plots and JSON go")
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ceag-cooper``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("once")
+            return args.run(args)
+    except FileNotFoundError as error:
+        print(f"ceag-cooper: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"ceag-cooper: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The reference experiment: dense training, gradual pruning, mitigation, evaluation.
+
+``train dense -> (save) -> gradual magnitude pruning -> fine-tune with NFT | NFT+ES | EL | EL+RB |
+CEAG (no RB) | CEAG -> evaluate on train and test -> DisparityReport``. The dense checkpoint is
+keyed by everything that determines it, so it is trained once per seed and reused by every
+method and sparsity. Used by the CLI, the examples and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import cooper
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ceag_cooper import __version__
+from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkface, make_group_imbalanced_task
+from ceag_cooper.groups import GroupSpec
+from ceag_cooper.models import MLP, SmallCNN, cifar_resnet
+from ceag_cooper.optim import build_optimizer
+from ceag_cooper.problems import CEAG, EqualizedLoss, GroupFairnessProblem, Unconstrained
+from ceag_cooper.progress import progress_bar
+from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, recalibrate_batchnorm
+from ceag_cooper.report import DisparityReport
+from ceag_cooper.stats import GroupMetrics, GroupMetricsAccumulator, evaluate_groups
+
+__all__ = ["METHODS", "ExperimentConfig", "load_task", "run_experiment", "train_dense"]
+
+METHODS = ("nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag")
+"""Fine-tuning methods: naive (NFT), NFT with early stopping on test accuracy (the paper's NFT+ES),
+equalized loss without / with replay buffers, CEAG without / with replay buffers."""
+
+_DENSE_FIELDS = (
+    "task", "target", "protected", "image_size", "model", "width", "seed", "batch_size",
+    "dense_epochs", "dense_lr", "weight_decay", "augment", "subset",
+)  # fmt: skip
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines one (task, sparsity, method, seed) run. Defaults: the demo's."""
+
+    task: str = "utkface"
+    target: str = "race"
+    protected: tuple[str, ...] = ("race",)
+    group_mode: str = "intersectional"
+    image_size: int = 32
+    model: str = "small_cnn"
+    width: int = 32
+    seed: int = 0
+    batch_size: int = 128
+    dense_epochs: int = 15
+    dense_lr: float = 0.05
+    weight_decay: float = 5e-4
+    augment: bool = True
+    sparsity: float = 0.9
+    prune_epochs: int = 4
+    finetune_epochs: int = 4
+    lr: float = 0.01
+    method: str = "ceag"
+    tolerance: float = 0.01
+    buffer_size: int = 40
+    dual_lr: float = 0.01
+    mitigate_during_pruning: bool = False
+    subset: int | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    output_dir: str = "outputs"
+
+    def __post_init__(self) -> None:
+        self.protected = tuple(self.protected)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose among {list(METHODS)}.")
+        if self.prune_epochs < 1 or self.finetune_epochs < 0 or self.dense_epochs < 0:
+            raise ValueError("`prune_epochs` must be >= 1, `finetune_epochs` and `dense_epochs` >= 0.")
+
+    def dense_key(self) -> str:
+        """Hash of the fields that determine the dense model."""
+        text = json.dumps({k: getattr(self, k) for k in _DENSE_FIELDS}, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def run_name(self) -> str:
+        """A file-name-safe name of the run."""
+        groups = "x".join(self.protected)
+        return f"{self.task}-{self.target}-by-{groups}-s{round(100 * self.sparsity)}-{self.method}-seed{self.seed}"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """Build from a dict, ignoring unknown keys."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class Task:
+    """Data of one experiment: splits restricted to the protected attributes, and their groups."""
+
+    train: GroupDataset
+    test: GroupDataset
+    spec: GroupSpec
+    input_shape: tuple[int, ...] = field(default_factory=tuple)
+
+
+def load_task(config: ExperimentConfig) -> Task:
+    """Load the train and test splits of ``config.task`` and the group specification."""
+    if config.task == "utkface":
+        kwargs = {"target": config.target, "protected": config.protected, "size": config.image_size}
+        kwargs.update(data_dir=config.data_dir, cache_dir=config.cache_dir)
+        train, test = load_utkface(split="train", **kwargs), load_utkface(split="test", progress=False, **kwargs)
+    elif config.task == "adult":
+        train, test = load_adult(config.data_dir, protected=config.protected)
+    elif config.task == "omniglot":
+        train, test = load_omniglot(config.data_dir, size=config.image_size, groups=config.protected[0])
+    elif config.task == "synthetic":
+        task = make_group_imbalanced_task(4000, seed=config.seed)
+        names = (("majority", "minority", "rare"),)
+        common = {"attribute_names": ("group",), "value_names": names, "class_names": ("0", "1")}
+        split = 3200
+        train = GroupDataset(
+            task.inputs[:split], task.targets[:split], task.attributes[:split], name="synthetic-train", **common
+        )
+        test = GroupDataset(
+            task.inputs[split:], task.targets[split:], task.attributes[split:], name="synthetic-test", **common
+        )
+    else:
+        raise ValueError(f"unknown task {config.task!r}; choose among utkface, adult, omniglot, synthetic.")
+    if config.subset is not None:
+        gen = torch.Generator().manual_seed(0)
+        train = train.subset(torch.randperm(len(train), generator=gen)[: config.subset])
+        test = test.subset(torch.randperm(len(test), generator=gen)[: max(1, config.subset // 4)])
+    spec = train.group_spec(mode=config.group_mode)  # type: ignore[arg-type]
+    return Task(train=train, test=test, spec=spec, input_shape=tuple(train.inputs.shape[1:]))
+
+
+def build_model(config: ExperimentConfig, task: Task) -> torch.nn.Module:
+    """The model named by ``config.model`` for the task's inputs and classes."""
+    classes = task.train.num_classes
+    if config.model == "small_cnn":
+        return SmallCNN(classes, width=config.width, in_channels=task.input_shape[0])
+    if config.model.startswith("resnet"):
+        return cifar_resnet(int(config.model[6:]), classes, width=config.width // 2, in_channels=task.input_shape[0])
+    if config.model == "mlp":
+        return MLP(int(np.prod(task.input_shape)), classes, hidden=(config.width * 4, config.width * 4))
+    raise ValueError(f"unknown model {config.model!r}; choose among small_cnn, resnet20, resnet56, mlp.")
+
+
+def _augment(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips of image batches."""
+    if inputs.dim() != 4:
+        return inputs
+    flip = torch.rand(inputs.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), inputs.flip(3), inputs)
+
+
+def _eval_batches(data: GroupDataset) -> Callable[[], Any]:
+    return lambda: data.batches(512)
+
+
+def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) -> tuple[torch.nn.Module, Path, bool]:
+    """Train the dense model, or load it if a checkpoint for the same dense settings exists.
+
+    Returns:
+        ``(model, checkpoint_path, reused)``.
+    """
+    path = Path(config.output_dir) / "dense" / f"{config.task}-{config.model}-seed{config.seed}-{config.dense_key()}.pt"
+    torch.manual_seed(config.seed)
+    model = build_model(config, task)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True)["model"])
+        return model, path, True
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.dense_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
+    steps = max(1, config.dense_epochs * task.train.num_batches(config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.dense_lr, total_steps=steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    epochs = range(config.dense_epochs)
+    for epoch in progress_bar(epochs, description="dense training") if progress else epochs:
+        for x, y, _ in task.train.batches(config.batch_size, seed=config.seed * 1000 + epoch):
+            x = _augment(x, generator) if config.augment else x
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            scheduler.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "dense_config": {k: getattr(config, k) for k in _DENSE_FIELDS}}, temporary)
+    temporary.replace(path)
+    return model, path, False
+
+
+def make_problem(config: ExperimentConfig, reference: GroupMetrics, start_step: int) -> GroupFairnessProblem:
+    """The Cooper problem of ``config.method``."""
+    if config.method in ("nft", "nft_es"):
+        return Unconstrained(num_groups=reference.num_groups)
+    if config.method in ("el", "el_rb"):
+        buffer = config.buffer_size if config.method == "el_rb" else None
+        return EqualizedLoss(reference=reference, buffer_size=buffer, start_step=start_step)
+    buffer = config.buffer_size if config.method == "ceag" else None
+    return CEAG(reference=reference, tolerance=config.tolerance, buffer_size=buffer, start_step=start_step)
+
+
+def _top_multipliers(problem: GroupFairnessProblem, names: list[str], count: int = 3) -> list[list[Any]]:
+    values = problem.multiplier_values
+    if values is None:
+        return []
+    order = values.abs().argsort(descending=True)[:count].tolist()
+    return [[names[i % len(names)], round(float(values[i]), 4)] for i in order]
+
+
+def finetune(
+    config: ExperimentConfig, task: Task, dense: torch.nn.Module, reference: GroupMetrics, *, progress: bool = True
+) -> tuple[torch.nn.Module, MagnitudePruner, list[dict[str, Any]]]:
+    """Prune gradually and fine-tune with ``config.method``; returns model, pruner and epoch log."""
+    torch.manual_seed(config.seed + 1)
+    model = copy.deepcopy(dense)
+    steps_per_epoch = task.train.num_batches(config.batch_size)
+    schedule = GradualSchedule(config.sparsity, num_updates=config.prune_epochs)
+    pruner = MagnitudePruner(model, schedule=schedule, prune_last_linear=config.model == "mlp")
+    # Pruning updates at the start of epochs 0 .. prune_epochs - 1; the last one starts mitigation.
+    start = 0 if config.mitigate_during_pruning else (config.prune_epochs - 1) * steps_per_epoch
+    problem = make_problem(config, reference, start)
+    primal = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    pruner.attach(primal)
+    optimizer = build_optimizer(problem, primal, dual_lr=config.dual_lr)
+    names = task.spec.group_names
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    log: list[dict[str, Any]] = []
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    epochs = range(config.prune_epochs + config.finetune_epochs)
+    for epoch in progress_bar(epochs, description=f"{config.method}") if progress else epochs:
+        sparsity = pruner.step(epoch + 1)
+        running = GroupMetricsAccumulator(reference.num_groups)
+        model.train()
+        started = time.perf_counter()
+        for x, y, a in task.train.batches(config.batch_size, seed=config.seed * 1000 + 500 + epoch):
+            x = _augment(x, generator) if config.augment else x
+            rollout = optimizer.roll(
+                compute_cmp_state_kwargs={
+                    "model": model,
+                    "inputs": x,
+                    "targets": y,
+                    "group_ids": task.spec.group_ids(a),
+                }
+            )
+            stats = rollout.cmp_state.misc["stats"]
+            running.update_from_values(stats.per_sample_loss.detach(), stats.per_sample_correct, stats.group_ids)
+        seconds = time.perf_counter() - started
+        # Running BatchNorm statistics lag behind weights that pruning moves fast: recompute them
+        # (one forward pass, no weight change) so that eval-mode numbers describe this model.
+        recalibrate_batchnorm(model, task.train.batches(512))
+        train_running = DisparityReport.from_metrics(reference, running.compute())
+        test_metrics = evaluate_groups(model, task.test.batches(512), groups=task.spec)
+        entry = {
+            "epoch": epoch,
+            "sparsity": round(sparsity, 4),
+            "mitigation": problem.constraint_type is not None and problem.num_steps > problem.start_step,
+            "train_loss_running": round(float(running.compute().loss), 4),
+            "train_accuracy_running": round(train_running.sparse_overall, 4),
+            "train_max_psi_running": round(train_running.max_psi, 4),
+            "test_accuracy": round(float(test_metrics.accuracy), 4),
+            "top_multipliers": _top_multipliers(problem, names),
+            "seconds": round(seconds, 2),
+        }
+        log.append(entry)
+        if config.method == "nft_es" and epoch >= config.prune_epochs - 1:
+            accuracy = float(test_metrics.accuracy)
+            if best is None or accuracy > best[0]:
+                best = (accuracy, {k: v.clone() for k, v in model.state_dict().items()})
+    if best is not None:  # NFT+ES: the best iterate at final sparsity, by test accuracy (as the paper)
+        model.load_state_dict(best[1])
+    return model, pruner, log
+
+
+def run_experiment(config: ExperimentConfig, *, task: Task | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run one (task, sparsity, method, seed) cell end to end and write its results JSON.
+
+    Returns:
+        The results: config, versions, timings, dense and sparse metrics, disparity reports on
+        train and test, the epoch log, and where the JSON was written (``"results_path"``).
+    """
+    started = time.perf_counter()
+    task = task or load_task(config)
+    dense, checkpoint, reused = train_dense(config, task, progress=progress)
+    dense_seconds = time.perf_counter() - started
+    reference = evaluate_groups(dense, task.train.batches(512), groups=task.spec)
+    dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)
+    model, pruner, log = finetune(config, task, dense, reference, progress=progress)
+    names = task.spec.group_names
+    reports = {
+        "train": DisparityReport.from_metrics(
+            reference,
+            evaluate_groups(model, task.train.batches(512), groups=task.spec),
+            group_names=names,
+            tolerance=config.tolerance,
+        ),
+        "test": DisparityReport.from_metrics(
+            dense_test,
+            evaluate_groups(model, task.test.batches(512), groups=task.spec),
+            group_names=names,
+            tolerance=config.tolerance,
+        ),
+    }
+    results = {
+        "config": asdict(config),
+        "run": config.run_name(),
+        "versions": {
+            "ceag_cooper": __version__,
+            "torch": torch.__version__,
+            "cooper": cooper.__version__,
+            "python": platform.python_version(),
+        },
+        "dense_checkpoint": str(checkpoint),
+        "dense_reused": reused,
+        "timings_s": {"dense": round(dense_seconds, 1), "total": round(time.perf_counter() - started, 1)},
+        "sparsity": round(pruner.measured_sparsity(), 4),
+        "groups": names,
+        "reports": {split: report.to_dict() for split, report in reports.items()},
+        "log": log,
+    }
+    path = Path(config.output_dir) / "results" / f"{config.run_name()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    results["results_path"] = str(path)
+    return results
+
+
+def with_overrides(config: ExperimentConfig, **overrides: Any) -> ExperimentConfig:
+    """A copy of ``config`` with some fields replaced (validated again)."""
+    return replace(config, **overrides)

@@ -1,0 +1,73 @@
+"""The experiment pipeline and the ``ceag-cooper`` CLI on tiny settings."""
+
+import json
+
+import pytest
+
+from ceag_cooper.cli import main
+from ceag_cooper.data import resolve_data_dir
+from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment
+
+TINY = {"task": "synthetic", "model": "mlp", "width": 8, "dense_epochs": 2, "prune_epochs": 1, "finetune_epochs": 1}
+UTKFACE = resolve_data_dir() / "utkface" / "UTKFace.tar.gz"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_reuses_the_dense_checkpoint(tmp_path, method):
+    config = ExperimentConfig(**TINY, method=method, output_dir=str(tmp_path), augment=False)
+    task = load_task(config)
+    first = run_experiment(config, task=task, progress=False)
+    assert first["config"]["method"] == method
+    assert set(first["reports"]) == {"train", "test"}
+    assert first["sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert len(first["log"]) == 2
+    saved = json.loads((tmp_path / "results" / f"{config.run_name()}.json").read_text())
+    assert saved["reports"]["train"]["overall"]["max_psi"] == first["reports"]["train"]["overall"]["max_psi"]
+    again = run_experiment(config, task=task, progress=False)
+    assert again["dense_reused"]
+
+
+def test_cli_train_dense_prune_report(tmp_path, capsys):
+    common = [
+        "--task",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--width",
+        "8",
+        "--dense-epochs",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+    ]
+    assert main(["train-dense", *common]) == 0
+    assert "dense checkpoint written" in capsys.readouterr().out
+    prune = ["--prune-epochs", "1", "--finetune-epochs", "1", "--no-augment"]
+    for method in ("nft", "ceag"):
+        assert main(["prune", *common, *prune, "--method", method]) == 0
+    out = capsys.readouterr().out
+    assert "| synthetic-" in out
+    results = sorted((tmp_path / "results").glob("*.json"))
+    assert len(results) == 2
+    assert main(["report", *map(str, results), "--output", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").read_text().count("| synthetic-") == 2
+    assert (tmp_path / "report" / "psi_train.png").stat().st_size > 1000
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["prune", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path)]) == 2
+    assert "UTKFace not found under" in capsys.readouterr().err
+    assert main(["prune", "--task", "synthetic", "--method", "magic", "--output-dir", str(tmp_path)]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    assert "--dual-lr" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not UTKFACE.is_file(), reason=f"UTKFace archive not found at {UTKFACE}")
+def test_demo_quick_on_real_utkface(tmp_path, capsys):
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "train max ψ: NFT" in out
+    assert (tmp_path / "report.md").exists()
+    assert len(list((tmp_path / "results").glob("*.json"))) == 2
