@@ -51,3 +51,37 @@ def test_gmp_then_ceag_keeps_masks_and_switches_mitigation_on_after_pruning(caps
     assert (problem.multiplier_values >= 0).all()
     during = module.main(["--epochs", "2", "--dense-epochs", "1", "--samples", "300", "--mitigate-during-pruning"])[2]
     assert during.start_step == 0
+
+
+DATA = Path(__import__("ceag_cooper.data", fromlist=["resolve_data_dir"]).resolve_data_dir())
+
+
+def needs(folder):
+    return pytest.mark.skipif(not (DATA / folder).exists(), reason=f"{folder}/ not found under {DATA}")
+
+
+@needs("utkface/UTKFace.tar.gz")
+def test_utkface_race_example(capsys):
+    reports = load("utkface_race").main(["--dense-epochs", "1", "--epochs", "2", "--subset", "1024"])
+    assert set(reports) == {"train", "test"}
+    assert "CEAG, 90% sparse, test" in capsys.readouterr().out
+
+
+@needs("utkface/UTKFace.tar.gz")
+def test_structured_pruning_example(capsys):
+    out = load("structured_pruning").main(["--dense-epochs", "1", "--epochs", "1", "--subset", "512"])
+    assert out["sizes"]["params"] < 0.5 * out["sizes"]["dense_params"]
+    assert "MACs per image" in capsys.readouterr().out
+
+
+@needs("omniglot")
+def test_omniglot_many_groups_example(tmp_path):
+    results = load("omniglot_many_groups").main(["--dense-epochs", "1", "--epochs", "2", "--output-dir", str(tmp_path)])
+    assert [r["config"]["method"] for r in results] == ["nft", "el_rb", "ceag"]
+    assert len(results[0]["groups"]) == 242
+
+
+@needs("adult")
+def test_adult_tabular_example(tmp_path):
+    results = load("adult_tabular").main(["--dense-epochs", "1", "--epochs", "2", "--output-dir", str(tmp_path)])
+    assert len(results[0]["groups"]) == 10
