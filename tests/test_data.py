@@ -80,6 +80,17 @@ def test_utkface_loads_real_images_from_an_extracted_folder(tmp_path, utkface_na
         again = load_utkface(tmp_path, split="all", target="gender", protected=("race", "age_bucket"),
                              size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
     assert torch.equal(again.inputs, data.inputs)
+    # A cache written by another version (or truncated) is rebuilt, with a warning, not trusted.
+    (cache,) = (tmp_path / "cache").glob("utkface-*-16px.pt")
+    torch.save({"format": -1}, cache)
+    with pytest.warns(UserWarning, match="written by another version"):
+        rebuilt = load_utkface(tmp_path, split="all", target="gender", protected=("race", "age_bucket"),
+                               size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
+    assert torch.equal(rebuilt.inputs, data.inputs)
+    cache.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="unreadable"):
+        load_utkface(tmp_path, split="all", target="gender", protected=("race",), size=16,
+                     cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore:the target 'race' is also a protected attribute")

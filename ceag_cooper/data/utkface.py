@@ -151,8 +151,8 @@ def _load_cached(data_dir: Path, size: int, cache_dir: Path | None, workers: int
             if cached.get("format") == CACHE_FORMAT:
                 return cached
             warnings.warn(f"{path} was written by another version of ceag-cooper; rebuilding it.", stacklevel=3)
-        except (RuntimeError, OSError, EOFError, KeyError, AttributeError) as error:
-            warnings.warn(f"{path} is unreadable ({error}); rebuilding it.", stacklevel=3)
+        except Exception as error:  # any unreadable cache (truncated, foreign pickle) is rebuilt
+            warnings.warn(f"{path} is unreadable ({type(error).__name__}: {error}); rebuilding it.", stacklevel=3)
     cached = _build(source, size, workers, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")

@@ -1,0 +1,224 @@
+"""Run a grid of (task, sparsity, method, seed) cells and aggregate them into a table.
+
+Each cell is one :func:`ceag_cooper.pipeline.run_experiment`; dense checkpoints are shared by
+every cell with the same dense settings (one per task and seed), and a cell whose results JSON
+already exists is skipped, so an interrupted grid resumes where it stopped. After every cell the
+aggregate is rewritten: ``benchmarks/results/<grid>.json`` (every cell's numbers) and
+``<grid>.md`` (mean ± std over seeds, and the command that produced it).
+
+    python benchmarks/run_grid.py --grid utkface_race            # the paper's first task, 3 seeds
+    python benchmarks/run_grid.py --grid quick --output /tmp/q   # seconds: synthetic, 1 epoch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RUNS_DIR = Path(__file__).resolve().parent / "runs"  # per-cell JSON (committed, for resuming); dense/ is ignored
+
+UTKFACE = {"task": "utkface", "image_size": 32, "model": "small_cnn"}
+GRIDS: dict[str, dict[str, Any]] = {
+    "utkface_race": {
+        "base": {**UTKFACE, "target": "race", "protected": ("race",)},
+        "sparsities": (0.9, 0.95),
+        "methods": METHODS,
+        "seeds": (0, 1, 2),
+    },
+    "utkface_race_by_race_gender": {
+        "base": {**UTKFACE, "target": "race", "protected": ("race", "gender")},
+        "sparsities": (0.9, 0.95),
+        "methods": METHODS,
+        "seeds": (0,),
+    },
+    "utkface_gender_by_race": {
+        "base": {**UTKFACE, "target": "gender", "protected": ("race",)},
+        "sparsities": (0.9, 0.95),
+        "methods": METHODS,
+        "seeds": (0,),
+    },
+    "utkface_many_groups": {
+        "base": {**UTKFACE, "target": "race", "protected": ("race", "gender", "age_bucket")},
+        "sparsities": (0.9,),
+        "methods": ("nft", "el_rb", "ceag"),
+        "seeds": (0,),
+    },
+    "omniglot_many_groups": {
+        "base": {
+            "task": "omniglot",
+            "target": "character",
+            "protected": ("character",),
+            "image_size": 28,
+            "width": 16,
+            "batch_size": 64,
+            "dense_epochs": 30,
+            "augment": False,
+            "tolerance": 0.02,
+            "buffer_size": 10,
+            "dual_lr": 0.05,
+        },
+        "sparsities": (0.9,),
+        "methods": ("nft", "el_rb", "ceag"),
+        "seeds": (0,),
+    },
+    "quick": {
+        "base": {
+            "task": "synthetic",
+            "model": "mlp",
+            "width": 8,
+            "dense_epochs": 2,
+            "prune_epochs": 1,
+            "finetune_epochs": 1,
+            "augment": False,
+        },
+        "sparsities": (0.9,),
+        "methods": ("nft", "ceag"),
+        "seeds": (0, 1),
+    },
+}
+COLUMNS = (
+    ("train", "sparse_accuracy", "train acc"),
+    ("test", "sparse_accuracy", "test acc"),
+    ("train", "max_psi", "train max ψ"),
+    ("test", "max_psi", "test max ψ"),
+    ("train", "psi_pw", "train Ψ_PW"),
+    ("test", "psi_pw", "test Ψ_PW"),
+)
+
+
+def cells(grid: dict[str, Any], runs: Path, seeds: Sequence[int] | None) -> list[ExperimentConfig]:
+    """Every cell's config, seeds outermost so that each seed's dense model is trained once."""
+    return [
+        ExperimentConfig.from_dict({**grid["base"], "sparsity": s, "method": m, "seed": seed, "output_dir": str(runs)})
+        for seed in (seeds if seeds is not None else grid["seeds"])
+        for s in grid["sparsities"]
+        for m in grid["methods"]
+    ]
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def _step_seconds(result: dict[str, Any]) -> float:
+    """Median seconds of a fine-tuning epoch once the constraints are on (training loop only)."""
+    epochs = [e["seconds"] for e in result["log"] if e["mitigation"]] or [e["seconds"] for e in result["log"]]
+    return statistics.median(epochs)
+
+
+def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (sparsity, method): mean ± std over seeds, feasibility rate, time vs NFT."""
+    rows = []
+    keys = sorted({(r["config"]["sparsity"], r["config"]["method"]) for r in results},
+                  key=lambda k: (k[0], METHODS.index(k[1])))  # fmt: skip
+    for sparsity, method in keys:
+        group = [r for r in results if (r["config"]["sparsity"], r["config"]["method"]) == (sparsity, method)]
+        nft = [r for r in results if (r["config"]["sparsity"], r["config"]["method"]) == (sparsity, "nft")]
+        row: dict[str, Any] = {
+            "sparsity": sparsity,
+            "method": method,
+            "seeds": sorted(r["config"]["seed"] for r in group),
+        }
+        for split, metric, name in COLUMNS:
+            row[name] = [r["reports"][split]["overall"][metric] for r in group]
+        tolerance = group[0]["config"]["tolerance"]
+        row["feasible"] = sum(r["reports"]["train"]["overall"]["max_psi"] <= tolerance for r in group) / len(group)
+        if nft:
+            row["epoch_time_vs_nft"] = statistics.mean(_step_seconds(r) for r in group) / statistics.mean(
+                _step_seconds(r) for r in nft
+            )
+        rows.append(row)
+    return rows
+
+
+def markdown(name: str, grid: dict[str, Any], rows: list[dict[str, Any]], command: str, cells_done: int) -> str:
+    """The grid's markdown table."""
+    base = grid["base"]
+    config = ExperimentConfig.from_dict(base)
+    lines = [
+        f"# Grid `{name}`",
+        "",
+        f"Task {base['task']}, target {base.get('target')}, groups {' × '.join(base.get('protected', ()))} "
+        f"({config.group_mode}); model {config.model} at {config.image_size} px; dense {config.dense_epochs} "
+        f"epochs; gradual magnitude pruning over {config.prune_epochs} epochs, then {config.finetune_epochs} "
+        f"fine-tuning epochs; ε = {100 * config.tolerance:g} point(s), k = {config.buffer_size}, dual lr "
+        f"{config.dual_lr}. ε and the dual lr are fixed (not tuned on any split). Mean ± std over seeds, in "
+        "accuracy points; 'feasible' is the fraction of seeds with train max ψ ≤ ε; 'epoch time' is the "
+        "training loop's time per fine-tuning epoch relative to NFT (same machine, same run).",
+        "",
+        f"{cells_done} cell(s). Produced by:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "| sparsity | method | seeds | " + " | ".join(c[2] for c in COLUMNS) + " | feasible | epoch time vs NFT |",
+        "|---:|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|",
+    ]
+    for row in rows:
+        cells_text = " | ".join(_mean_std(row[c[2]]) for c in COLUMNS)
+        time_text = f"{row['epoch_time_vs_nft']:.2f}×" if "epoch_time_vs_nft" in row else "–"
+        lines.append(
+            f"| {100 * row['sparsity']:.0f}% | {row['method']} | {len(row['seeds'])} | {cells_text} "
+            f"| {100 * row['feasible']:.0f}% | {time_text} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) a grid and write its aggregate."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=sorted(GRIDS), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the grid's seeds")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="where <grid>.json/.md go")
+    parser.add_argument("--runs", type=Path, default=None, help="dense checkpoints and per-cell JSON")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    grid = GRIDS[args.grid]
+    if args.data_dir:
+        grid = {**grid, "base": {**grid["base"], "data_dir": args.data_dir}}
+    runs = args.runs or RUNS_DIR / args.grid
+    command = shlex.join(["python", "benchmarks/run_grid.py", *(sys.argv[1:] if argv is None else argv)])
+    configs = cells(grid, runs, args.seeds)
+    task = None
+    results = []
+    for index, config in enumerate(configs, start=1):
+        path = runs / "results" / f"{config.run_name()}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            print(f"[{index}/{len(configs)}] {config.run_name()}: done before, reused", flush=True)
+        else:
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                task = task or load_task(config)
+                result = run_experiment(config, task=task, progress=False)
+            print(f"[{index}/{len(configs)}] {config.run_name()}: {time.perf_counter() - started:.0f} s", flush=True)
+        results.append(result)
+        args.output.mkdir(parents=True, exist_ok=True)
+        rows = aggregate(results)
+        kept = ("run", "config", "sparsity", "reports", "log", "timings_s")
+        payload = {"grid": args.grid, "command": command, "settings": asdict(configs[0]), "rows": rows}
+        payload["cells"] = [{k: r[k] for k in kept} for r in results]
+        (args.output / f"{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
+        (args.output / f"{args.grid}.md").write_text(markdown(args.grid, grid, rows, command, len(results)))
+    print((args.output / f"{args.grid}.md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    main()
