@@ -111,6 +111,10 @@ class ReplayBufferStore:
         idx = [(start + i) % self.capacity for i in range(fill)]
         return [float(v) for v in self._ring[group, idx].tolist()]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The state tensors (ring and counts), e.g. to broadcast them between ranks."""
+        return [self._ring, self._written]
+
     def to(self, device: torch.device | str) -> ReplayBufferStore:
         """Move the store to ``device`` in place and return it."""
         self._ring = self._ring.to(device)

@@ -265,17 +265,29 @@ class GroupMetricsAccumulator:
         self._count += counts
         self._total += torch.stack([(correct * w).sum(), (loss * w).sum(), w.sum()])
 
-    def compute(self) -> GroupMetrics:
-        """The metrics of everything seen since the last :meth:`reset` (float32 tensors)."""
-        count = self._count.clamp(min=1e-12)
-        total = self._total[2].clamp(min=1e-12)
+    def compute(self, *, all_ranks: bool = False) -> GroupMetrics:
+        """The metrics of everything seen since the last :meth:`reset` (float32 tensors).
+
+        Args:
+            all_ranks: under ``torch.distributed``, sum the running totals over ranks first (one
+                all-reduce), so that every rank gets the metrics of the union of their data.
+        """
+        correct, loss, count, total = self._correct, self._loss, self._count, self._total
+        if all_ranks:
+            from ceag_cooper.distributed import all_reduce_sum
+
+            packed = all_reduce_sum(torch.cat([correct, loss, count, total]))
+            g = self.num_groups
+            correct, loss, count, total = packed[:g], packed[g : 2 * g], packed[2 * g : 3 * g], packed[3 * g :]
+        safe_count = count.clamp(min=1e-12)
+        safe_total = total[2].clamp(min=1e-12)
         return GroupMetrics(
-            group_accuracy=(self._correct / count).float(),
-            group_loss=(self._loss / count).float(),
-            group_count=self._count.float(),
-            accuracy=(self._total[0] / total).float(),
-            loss=(self._total[1] / total).float(),
-            num_samples=self._total[2].float(),
+            group_accuracy=(correct / safe_count).float(),
+            group_loss=(loss / safe_count).float(),
+            group_count=count.float(),
+            accuracy=(total[0] / safe_total).float(),
+            loss=(total[1] / safe_total).float(),
+            num_samples=total[2].float(),
         )
 
 
@@ -298,6 +310,8 @@ def evaluate_groups(
     device: torch.device | str | None = None,
     progress: bool = False,
     description: str = "evaluate",
+    distributed: bool | None = None,
+    dataset_size: int | None = None,
 ) -> GroupMetrics:
     """Per-group accuracy and loss of ``model`` over a whole loader, in eval mode.
 
@@ -313,6 +327,12 @@ def evaluate_groups(
         device: where batches are moved (default: the model's device; must match it).
         progress: show a progress bar (needs the ``progress`` extra, tqdm; silent without it).
         description: progress bar label.
+        distributed: sum the statistics over ``torch.distributed`` ranks (default: when a
+            process group with several ranks is initialized); each rank passes its own shard.
+        dataset_size: with a ``DistributedSampler`` (which pads the last shard by repeating
+            samples), the size of the whole data set: this rank's ``k``-th sample is padding,
+            and gets weight 0, when ``rank + k * world_size >= dataset_size``. Leave ``None``
+            for shards without padding.
 
     Returns:
         The :class:`GroupMetrics` of the whole loader.
@@ -340,16 +360,24 @@ def evaluate_groups(
     iterator = loader
     if progress:
         iterator = progress_bar(loader, description=description)
-    seen = False
+    from ceag_cooper.distributed import is_distributed, rank_and_world
+
+    synchronize = is_distributed() if distributed is None else distributed
+    rank, world = rank_and_world()
+    position = 0  # this rank's samples seen so far
     try:
         for batch in iterator:
             inputs, targets, third = _unpack_batch(batch)
             inputs, targets, third = inputs.to(device), targets.to(device), third.to(device)
             group_ids = spec.group_ids(third) if spec is not None else third
-            accumulator.update(model(inputs), targets, group_ids, loss_fn=loss_fn)
-            seen = True
+            weights = None
+            if dataset_size is not None:
+                local = torch.arange(position, position + targets.shape[0], device=device)
+                weights = (rank + local * world < dataset_size).to(torch.float32)
+            accumulator.update(model(inputs), targets, group_ids, loss_fn=loss_fn, weights=weights)
+            position += targets.shape[0]
     finally:
         model.train(was_training)
-    if not seen:
+    if position == 0 and not synchronize:
         raise ValueError("`loader` yielded no batch: cannot compute group statistics of an empty data set.")
-    return accumulator.compute()
+    return accumulator.compute(all_ranks=synchronize)

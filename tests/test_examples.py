@@ -85,3 +85,19 @@ def test_omniglot_many_groups_example(tmp_path):
 def test_adult_tabular_example(tmp_path):
     results = load("adult_tabular").main(["--dense-epochs", "1", "--epochs", "2", "--output-dir", str(tmp_path)])
     assert len(results[0]["groups"]) == 10
+
+
+def test_ddp_example_with_torchrun_on_two_cpu_processes():
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun not found")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node=2", str(EXAMPLES / "ddp_train.py"), "--epochs", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 ranks, identical multipliers" in done.stdout

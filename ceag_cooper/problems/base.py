@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import cooper
 import torch
 
+from ceag_cooper import distributed
 from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
 from ceag_cooper.stats import GroupMetrics, LossFn, group_means, per_sample_loss_and_correct
 
@@ -134,6 +135,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.start_step = start_step
         self.num_steps = 0
         self.check_finite = check_finite
+        self._synchronized_world = 1  # world size at the last distributed set-up
         if self.constraint_type is not None:
             count = self.num_constraints()
             multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=count, device=self.device)
@@ -228,14 +230,16 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         stats = self.batch_statistics(logits, targets, group_ids)
         if self.check_finite:
             check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
+        # Under torch.distributed the multiplier side sees the union of all ranks' batches.
+        global_stats = self._all_ranks(stats) if distributed.is_distributed() else stats
         active = self.mitigation_active
-        self.update_estimates(stats)
+        self.update_estimates(global_stats)
         self.num_steps += 1
         misc: dict[str, Any] = {"stats": stats}
         if not active:
             return cooper.CMPState(loss=stats.loss, misc=misc)
         proxy, proxy_observed = self._checked(self.proxy_violations(stats), "proxy_violations")
-        strict, strict_observed = self._checked(self.strict_violations(stats), "strict_violations")
+        strict, strict_observed = self._checked(self.strict_violations(global_stats), "strict_violations")
         violation = torch.where(proxy_observed, proxy, torch.zeros_like(proxy))
         strict_violation = torch.where(strict_observed, strict, torch.zeros_like(strict)).detach()
         if self.check_finite:
@@ -248,6 +252,64 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             strict_constraint_features=self._indices,
         )
         return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)
+
+    def _all_ranks(self, stats: BatchStatistics) -> BatchStatistics:
+        """The batch statistics of all ranks together (detached), identical on every rank.
+
+        The first call on a new process group checks that every rank built the same problem and
+        broadcasts rank 0's multipliers and buffers.
+        """
+        world = distributed.rank_and_world()[1]
+        if self._synchronized_world != world:
+            numeric = {k: float(v) for k, v in self.config().items() if isinstance(v, (int, float)) and v is not None}
+            distributed.check_same_on_all_ranks(numeric, f"the configuration of {type(self).__name__}")
+            self.broadcast_state()
+            self._synchronized_world = world
+        ids = stats.group_ids
+        members = 1 if ids.dim() == 1 else ids.shape[1]
+        rows = torch.cat(
+            [
+                ids.reshape(ids.shape[0], members).double(),
+                stats.per_sample_correct.detach().double().unsqueeze(1),
+                stats.per_sample_loss.detach().double().unsqueeze(1),
+            ],
+            dim=1,
+        )
+        rows = distributed.all_gather_rows(rows)
+        dtype = stats.per_sample_loss.dtype
+        all_ids = rows[:, :members].long()
+        all_ids = all_ids[:, 0] if ids.dim() == 1 else all_ids
+        correct, loss = rows[:, members].to(dtype), rows[:, members + 1].to(dtype)
+        means, counts = group_means(torch.stack([loss, correct], dim=1), all_ids, self.num_groups)
+        return BatchStatistics(
+            logits=stats.logits,
+            group_ids=all_ids,
+            per_sample_loss=loss,
+            per_sample_correct=correct,
+            loss=loss.mean(),
+            accuracy=correct.mean(),
+            group_loss=means[:, 0],
+            group_accuracy=means[:, 1],
+            group_count=counts,
+            present=counts > 0,
+        )
+
+    def broadcast_state(self, src: int = 0) -> None:
+        """Copy rank ``src``'s multipliers and extra state (e.g. buffers) to every rank.
+
+        Called automatically at the first distributed step and after :meth:`load_state_dict`;
+        a no-op without a process group.
+        """
+        if not distributed.is_distributed():
+            return
+        if self.constraint_type is not None:
+            distributed.broadcast_(self.fairness.multiplier.weight.data, src=src)
+        for tensor in self._extra_tensors():
+            distributed.broadcast_(tensor, src=src)
+
+    def _extra_tensors(self) -> list[torch.Tensor]:
+        """Subclass state tensors that must be equal on every rank (e.g. replay buffers)."""
+        return []
 
     def _checked(self, output: tuple[torch.Tensor, torch.Tensor], hook: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Metadata checks of a hook's ``(values, observed)`` (free: no values are read)."""
@@ -316,3 +378,4 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if state_dict["reference"] is not None:
             self.reference = GroupMetrics.from_state_dict(state_dict["reference"]).to(self.device)
         self._load_extra_state(state_dict["extra"])
+        self.broadcast_state()

@@ -151,6 +151,9 @@ class CEAG(GroupFairnessProblem):
         if self.buffers is not None:
             self.buffers.load_state_dict(state["buffers"])
 
+    def _extra_tensors(self) -> list[torch.Tensor]:
+        return self.buffers.tensors() if self.buffers is not None else []
+
     def _move_extra_state(self, device: torch.device) -> None:
         if self.buffers is not None:
             self.buffers.to(device)

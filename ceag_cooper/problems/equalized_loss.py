@@ -122,6 +122,9 @@ class EqualizedLoss(GroupFairnessProblem):
             self.buffers.load_state_dict(state["buffers"])
         self._seen_counts.copy_(state["seen_counts"])
 
+    def _extra_tensors(self) -> list[torch.Tensor]:
+        return [*(self.buffers.tensors() if self.buffers is not None else []), self._seen_counts]
+
     def _move_extra_state(self, device: torch.device) -> None:
         if self.buffers is not None:
             self.buffers.to(device)
