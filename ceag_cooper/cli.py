@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,16 @@ from ceag_cooper.report import DisparityReport, plot_comparison
 
 __all__ = ["main", "results_table"]
 
-_DENSE_ONLY = {"sparsity", "prune_epochs", "finetune_epochs", "lr", "method", "tolerance", "buffer_size", "dual_lr"}
+_FINETUNE_FIELDS = {
+    "sparsity",
+    "prune_epochs",
+    "finetune_epochs",
+    "lr",
+    "method",
+    "tolerance",
+    "buffer_size",
+    "dual_lr",
+}
 _HELP = {
     "task": "utkface, adult, omniglot or synthetic",
     "target": "target attribute (utkface: race, gender, age_bucket)",
@@ -46,7 +55,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froze
         if item.name in skip:
             continue
         flag = "--" + item.name.replace("_", "-")
-        default = getattr(defaults, item.name) if item.default is not MISSING or item.default_factory else None
+        default = getattr(defaults, item.name)
         help_text = f"{_HELP.get(item.name, item.name.replace('_', ' '))} (default: {default})"
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
@@ -102,10 +111,14 @@ def write_report(results: Sequence[dict[str, Any]], output: Path) -> Path:
     same_groups = len({tuple(r["groups"]) for r in results}) == 1
     for split in ("train", "test"):
         if same_groups:
-            reports = {
-                r["config"]["method"].upper() + f" s{round(100 * r['sparsity'])}": _report_from_dict(r, split)
+            labels = [
+                f"{r['config']['method'].upper()} s{round(100 * r['sparsity'])} seed {r['config']['seed']}"
                 for r in results
-            }
+            ]
+            labels = [
+                f"{a} ({r['run'][-6:]})" if labels.count(a) > 1 else a for a, r in zip(labels, results, strict=True)
+            ]
+            reports = {label: _report_from_dict(r, split) for label, r in zip(labels, results, strict=True)}
             path = plot_comparison(reports, output / f"psi_{split}.png", title=f"excess accuracy gaps ({split})")
             lines.append(f"![{split}]({path.name})")
     (output / "report.md").write_text("\n".join(lines) + "\n")
@@ -165,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ceag-cooper", description="Constrain the disparate impact of pruning.")
     commands = parser.add_subparsers(dest="command", required=True)
     dense = commands.add_parser("train-dense", help="train (or reuse) the dense model")
-    _add_config_flags(dense, skip=_DENSE_ONLY | {"group_mode", "mitigate_during_pruning"})
+    _add_config_flags(dense, skip=_FINETUNE_FIELDS | {"group_mode", "mitigate_during_pruning"})
     dense.set_defaults(run=_cmd_train_dense)
     prune = commands.add_parser("prune", help="prune, fine-tune with a method, evaluate, write results JSON")
     _add_config_flags(prune)

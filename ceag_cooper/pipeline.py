@@ -13,7 +13,6 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from ceag_cooper import __version__
+from ceag_cooper._validation import check_non_negative_float
 from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkface, make_group_imbalanced_task
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.models import MLP, SmallCNN, cifar_resnet
 from ceag_cooper.optim import build_optimizer
 from ceag_cooper.problems import CEAG, EqualizedLoss, GroupFairnessProblem, Unconstrained
 from ceag_cooper.progress import progress_bar
-from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, recalibrate_batchnorm
+from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, check_sparsity, recalibrate_batchnorm
 from ceag_cooper.report import DisparityReport
 from ceag_cooper.stats import GroupMetrics, GroupMetricsAccumulator, evaluate_groups
 
@@ -41,7 +41,7 @@ METHODS = ("nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag")
 equalized loss without / with replay buffers, CEAG without / with replay buffers."""
 
 _DENSE_FIELDS = (
-    "task", "target", "protected", "image_size", "model", "width", "seed", "batch_size",
+    "task", "target", "image_size", "model", "width", "seed", "batch_size",
     "dense_epochs", "dense_lr", "weight_decay", "augment", "subset",
 )  # fmt: skip
 
@@ -79,6 +79,10 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self.protected = tuple(self.protected)
+        check_sparsity(self.sparsity)
+        check_non_negative_float(self.tolerance, "tolerance")
+        if self.group_mode not in ("intersectional", "marginal"):
+            raise ValueError(f"`group_mode` must be 'intersectional' or 'marginal', got {self.group_mode!r}.")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose among {list(METHODS)}.")
         if self.prune_epochs < 1 or self.finetune_epochs < 0 or self.dense_epochs < 0:
@@ -90,9 +94,12 @@ class ExperimentConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
-        """A file-name-safe name of the run."""
+        """A file-name-safe name of the run, ending with a hash of every setting that matters."""
         groups = "x".join(self.protected)
-        return f"{self.task}-{self.target}-by-{groups}-s{round(100 * self.sparsity)}-{self.method}-seed{self.seed}"
+        settings = {k: v for k, v in asdict(self).items() if k not in ("data_dir", "cache_dir", "output_dir")}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:6]
+        name = f"{self.task}-{self.target}-by-{groups}-s{round(100 * self.sparsity)}-{self.method}-seed{self.seed}"
+        return f"{name}-{digest}"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
@@ -160,10 +167,6 @@ def _augment(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return inputs
     flip = torch.rand(inputs.shape[0], generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), inputs.flip(3), inputs)
-
-
-def _eval_batches(data: GroupDataset) -> Callable[[], Any]:
-    return lambda: data.batches(512)
 
 
 def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) -> tuple[torch.nn.Module, Path, bool]:

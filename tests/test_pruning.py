@@ -246,3 +246,14 @@ def test_masks_hold_under_torch_compile():
     for name, mask in pruner.masks.items():
         assert (params[name][~mask] == 0).all()
         assert (params[name].grad[~mask] == 0).all()
+
+
+def test_skipped_schedule_steps_still_reach_the_target():
+    model = small_cnn()
+    pruner = MagnitudePruner(model, schedule=GradualSchedule(0.9, num_updates=3))
+    assert pruner.step(0) == 0.0
+    assert pruner.step(5) == pytest.approx(0.9, abs=0.01)  # steps 1-4 were never called
+    state = pruner.state_dict()
+    twin = MagnitudePruner(small_cnn(), schedule=GradualSchedule(0.9, num_updates=3))
+    twin.load_state_dict(state)
+    assert twin.step(6) == pytest.approx(0.9, abs=0.01)

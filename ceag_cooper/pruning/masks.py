@@ -124,6 +124,7 @@ class MagnitudePruner(MaskEngine):
         super().__init__(model, names)
         self.current_step: int | None = None
         self.sparsity = 0.0
+        self._applied_target = 0.0
 
     # ------------------------------------------------------------------------- selection
     def _layerwise(self, sparsity: float) -> dict[str, torch.Tensor]:
@@ -192,8 +193,9 @@ class MagnitudePruner(MaskEngine):
         step = (0 if self.current_step is None else self.current_step + 1) if step is None else step
         self.current_step = step
         target = self.schedule.sparsity_at(step)
-        if target > 0 and self.schedule.is_update_step(step):
+        if target > self._applied_target:  # also catches up on steps that were skipped
             self.prune_to(target)
+            self._applied_target = target
         return self.sparsity
 
     @property
@@ -204,12 +206,13 @@ class MagnitudePruner(MaskEngine):
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Masks, parameter names and schedule position."""
-        return {**super().state_dict(), "current_step": self.current_step}
+        return {**super().state_dict(), "current_step": self.current_step, "applied_target": self._applied_target}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore masks and schedule position, and zero the pruned weights."""
         super().load_state_dict(state)
         self.current_step = state["current_step"]
+        self._applied_target = float(state.get("applied_target", 0.0))
         self.sparsity = self.measured_sparsity()
 
 

@@ -73,7 +73,7 @@ class SparsityReport:
         """Sum over layers of ``macs * density`` (``None`` without example inputs)."""
         if self.macs is None:
             return None
-        return int(sum((layer.macs or 0) * (1.0 - layer.sparsity) for layer in self.layers))
+        return round(sum((layer.macs or 0) * (1.0 - layer.sparsity) for layer in self.layers))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python numbers, per layer and overall."""
@@ -107,7 +107,8 @@ def sparsity_report(model: nn.Module, *, example_inputs: Any = None) -> Sparsity
 
     Args:
         model: any model (masked, finalized or dense).
-        example_inputs: a batch for torch-pruning's MAC counter (optional).
+        example_inputs: an input batch for torch-pruning's MAC counter (optional; only its first
+            example is used, so MACs are per example).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
@@ -118,6 +119,8 @@ def sparsity_report(model: nn.Module, *, example_inputs: Any = None) -> Sparsity
     """
     layer_macs: dict[nn.Module, Any] = {}
     macs = None
+    if isinstance(example_inputs, torch.Tensor) and example_inputs.shape[0] > 1:
+        example_inputs = example_inputs[:1]  # MACs per example (per-layer counts scale with the batch)
     if example_inputs is not None:
         was_training = model.training
         try:

@@ -107,6 +107,7 @@ class ChannelPruner(MaskEngine):
         self.max_layer_sparsity = max_layer_sparsity
         self.current_step: int | None = None
         self.sparsity = 0.0
+        self._applied_target = 0.0
         self.finalized = False
         self._pruned: dict[str, set[int]] = {}  # root module name -> pruned output channels
         self._module_names = {m: n for n, m in modules.items()}
@@ -190,8 +191,9 @@ class ChannelPruner(MaskEngine):
         step = (0 if self.current_step is None else self.current_step + 1) if step is None else step
         self.current_step = step
         target = self.schedule.sparsity_at(step)
-        if target > 0 and self.schedule.is_update_step(step):
+        if target > self._applied_target:  # also catches up on steps that were skipped
             self.prune_to(target)
+            self._applied_target = target
         return self.sparsity
 
     def channel_sparsity(self) -> float:
@@ -251,6 +253,7 @@ class ChannelPruner(MaskEngine):
             **super().state_dict(),
             "pruned_channels": {n: sorted(v) for n, v in self._pruned.items()},
             "current_step": self.current_step,
+            "applied_target": self._applied_target,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -258,4 +261,5 @@ class ChannelPruner(MaskEngine):
         super().load_state_dict(state)
         self._pruned = {n: set(v) for n, v in state["pruned_channels"].items()}
         self.current_step = state["current_step"]
+        self._applied_target = float(state.get("applied_target", 0.0))
         self.sparsity = self.channel_sparsity()
