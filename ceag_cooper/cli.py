@@ -17,6 +17,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from ceag_cooper.checkpoint import CheckpointError
 from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
 from ceag_cooper.report import DisparityReport, plot_comparison
 
@@ -135,7 +136,7 @@ def _cmd_train_dense(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    result = run_experiment(_config(args))
+    result = run_experiment(_config(args), resume=args.resume)
     print(results_table([result]))
     print(f"results: {result['results_path']}")
     return 0
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     dense.set_defaults(run=_cmd_train_dense)
     prune = commands.add_parser("prune", help="prune, fine-tune with a method, evaluate, write results JSON")
     _add_config_flags(prune)
+    prune.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
     prune.set_defaults(run=_cmd_prune)
     report = commands.add_parser("report", help="markdown table and plots from results JSON files")
     report.add_argument("results", nargs="+", help="results JSON files written by `prune` or `demo`")
@@ -203,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("once")
             return args.run(args)
+    except CheckpointError as error:
+        print(f"ceag-cooper: {error}", file=sys.stderr)
+        return 2
     except FileNotFoundError as error:
         print(f"ceag-cooper: {error}", file=sys.stderr)
         return 2

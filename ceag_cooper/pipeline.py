@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ceag_cooper import __version__
 from ceag_cooper._validation import check_non_negative_float
+from ceag_cooper.checkpoint import load_checkpoint, save_checkpoint
 from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkface, make_group_imbalanced_task
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.models import MLP, SmallCNN, cifar_resnet
@@ -223,9 +224,19 @@ def _top_multipliers(problem: GroupFairnessProblem, names: list[str], count: int
 
 
 def finetune(
-    config: ExperimentConfig, task: Task, dense: torch.nn.Module, reference: GroupMetrics, *, progress: bool = True
+    config: ExperimentConfig,
+    task: Task,
+    dense: torch.nn.Module,
+    reference: GroupMetrics,
+    *,
+    progress: bool = True,
+    resume: bool = False,
 ) -> tuple[torch.nn.Module, MagnitudePruner, list[dict[str, Any]]]:
-    """Prune gradually and fine-tune with ``config.method``; returns model, pruner and epoch log."""
+    """Prune gradually and fine-tune with ``config.method``; returns model, pruner and epoch log.
+
+    A checkpoint is written after every epoch (``output_dir/checkpoints/<run>.pt``); with
+    ``resume=True`` the run continues from it, bit-identically on CPU.
+    """
     torch.manual_seed(config.seed + 1)
     model = copy.deepcopy(dense)
     steps_per_epoch = task.train.num_batches(config.batch_size)
@@ -241,7 +252,15 @@ def finetune(
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     log: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(config.seed + 2)
-    epochs = range(config.prune_epochs + config.finetune_epochs)
+    checkpoint = Path(config.output_dir) / "checkpoints" / f"{config.run_name()}.pt"
+    objects = {"model": model, "problem": problem, "optimizer": optimizer, "pruner": pruner, "generator": generator}
+    first = 0
+    if resume and checkpoint.exists():
+        state = load_checkpoint(checkpoint, **objects)
+        first, log = state["epoch"] + 1, state["extra"]["log"]
+        if "best_accuracy" in state["extra"]:
+            best = (state["extra"]["best_accuracy"], state["extra"]["best_state"])
+    epochs = range(first, config.prune_epochs + config.finetune_epochs)
     for epoch in progress_bar(epochs, description=f"{config.method}") if progress else epochs:
         sparsity = pruner.step(epoch + 1)
         running = GroupMetricsAccumulator(reference.num_groups)
@@ -281,13 +300,21 @@ def finetune(
             accuracy = float(test_metrics.accuracy)
             if best is None or accuracy > best[0]:
                 best = (accuracy, {k: v.clone() for k, v in model.state_dict().items()})
+        extra: dict[str, Any] = {"log": log}
+        if best is not None:
+            extra.update(best_accuracy=best[0], best_state=best[1])
+        save_checkpoint(checkpoint, **objects, counters={"epoch": epoch}, extra=extra)
     if best is not None:  # NFT+ES: the best iterate at final sparsity, by test accuracy (as the paper)
         model.load_state_dict(best[1])
     return model, pruner, log
 
 
-def run_experiment(config: ExperimentConfig, *, task: Task | None = None, progress: bool = True) -> dict[str, Any]:
+def run_experiment(
+    config: ExperimentConfig, *, task: Task | None = None, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
     """Run one (task, sparsity, method, seed) cell end to end and write its results JSON.
+
+    With ``resume=True`` an interrupted fine-tuning continues from its last epoch checkpoint.
 
     Returns:
         The results: config, versions, timings, dense and sparse metrics, disparity reports on
@@ -299,7 +326,7 @@ def run_experiment(config: ExperimentConfig, *, task: Task | None = None, progre
     dense_seconds = time.perf_counter() - started
     reference = evaluate_groups(dense, task.train.batches(512), groups=task.spec)
     dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)
-    model, pruner, log = finetune(config, task, dense, reference, progress=progress)
+    model, pruner, log = finetune(config, task, dense, reference, progress=progress, resume=resume)
     names = task.spec.group_names
     reports = {
         "train": DisparityReport.from_metrics(

@@ -71,3 +71,29 @@ def test_demo_quick_on_real_utkface(tmp_path, capsys):
     assert "train max ψ: NFT" in out
     assert (tmp_path / "report.md").exists()
     assert len(list((tmp_path / "results").glob("*.json"))) == 2
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import ceag_cooper.pipeline as pipeline
+
+    config = ExperimentConfig(**{**TINY, "finetune_epochs": 2}, method="nft_es", output_dir=str(tmp_path / "a"))
+    task = load_task(config)
+    uninterrupted = run_experiment(config, task=task, progress=False)
+    config = ExperimentConfig.from_dict({**config.__dict__, "output_dir": str(tmp_path / "b")})
+    original = pipeline.save_checkpoint
+    saved_log = []
+
+    def interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        if kwargs["counters"]["epoch"] == 1:
+            saved_log.extend(kwargs["extra"]["log"])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "save_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, task=task, progress=False)
+    monkeypatch.setattr(pipeline, "save_checkpoint", original)
+    resumed = run_experiment(config, task=task, progress=False, resume=True)
+    assert resumed["reports"] == uninterrupted["reports"]
+    assert [e["epoch"] for e in resumed["log"]] == [0, 1, 2]
+    assert resumed["log"][:2] == saved_log  # epochs 0-1 came from the checkpoint (their timings too)
