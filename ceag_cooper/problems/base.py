@@ -72,6 +72,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             buffers are still fed). The paper mitigates only after pruning ends.
         device: device of the multipliers and buffers (default: the reference's, else CPU).
         check_finite: raise when the batch loss is NaN/inf (default on).
+        skip_nonfinite: instead of raising, skip a batch whose loss is NaN/inf: no model step,
+            no multiplier step, nothing fed to the buffers; counted in ``skipped_steps``. This
+            reads one value back to the host per step (a sync on accelerators).
 
     Example:
         >>> import torch
@@ -98,6 +101,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         start_step: int = 0,
         device: torch.device | str | None = None,
         check_finite: bool = True,
+        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         if reference is None and self.requires_reference:
@@ -135,6 +139,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.start_step = start_step
         self.num_steps = 0
         self.check_finite = check_finite
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
         self._synchronized_world = 1  # world size at the last distributed set-up
         if self.constraint_type is not None:
             count = self.num_constraints()
@@ -228,6 +234,11 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if targets is None or group_ids is None:
             raise ValueError("`targets` and `group_ids` are required.")
         stats = self.batch_statistics(logits, targets, group_ids)
+        if self.skip_nonfinite and not bool(torch.isfinite(stats.loss)):
+            # No loss and no constraint: Cooper computes no gradient, and torch optimizers skip
+            # parameters without gradients, so neither the model nor the multipliers move.
+            self.skipped_steps += 1
+            return cooper.CMPState(loss=None, misc={"stats": stats, "skipped": True})
         if self.check_finite:
             check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
         # Under torch.distributed the multiplier side sees the union of all ranks' batches.

@@ -51,7 +51,7 @@ class CEAG(GroupFairnessProblem):
         tolerance: :math:`\epsilon \ge 0`, as a fraction (0.01 = one accuracy point).
         buffer_size: ``k``, per-group replay buffer length; ``None`` disables the buffers.
         overall: ``"population"`` (default) or ``"balanced"`` (see above).
-        loss_fn, start_step, device, check_finite: see :class:`GroupFairnessProblem`.
+        loss_fn, start_step, device, check_finite, skip_nonfinite: see :class:`GroupFairnessProblem`.
 
     Example:
         >>> import torch
@@ -80,6 +80,7 @@ class CEAG(GroupFairnessProblem):
         start_step: int = 0,
         device: torch.device | str | None = None,
         check_finite: bool = True,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         if buffer_size is not None:
@@ -89,7 +90,12 @@ class CEAG(GroupFairnessProblem):
         self.buffer_size = buffer_size
         self.overall = overall
         super().__init__(
-            reference=reference, loss_fn=loss_fn, start_step=start_step, device=device, check_finite=check_finite
+            reference=reference,
+            loss_fn=loss_fn,
+            start_step=start_step,
+            device=device,
+            check_finite=check_finite,
+            skip_nonfinite=skip_nonfinite,
         )
         self.buffers = (
             ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None

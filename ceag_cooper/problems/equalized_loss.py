@@ -34,7 +34,7 @@ class EqualizedLoss(GroupFairnessProblem):
         buffer_size: ``k`` for loss replay buffers; ``None`` (default) uses the batch.
         absolute: use :math:`|L_g - L| - \epsilon \le 0` instead of equalities.
         tolerance: :math:`\epsilon` for ``absolute=True`` (must stay 0 otherwise).
-        loss_fn, start_step, device, check_finite: see :class:`GroupFairnessProblem`.
+        loss_fn, start_step, device, check_finite, skip_nonfinite: see :class:`GroupFairnessProblem`.
 
     Example:
         >>> import torch
@@ -57,6 +57,7 @@ class EqualizedLoss(GroupFairnessProblem):
         start_step: int = 0,
         device: torch.device | str | None = None,
         check_finite: bool = True,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         if not absolute and self.tolerance != 0.0:
@@ -73,6 +74,7 @@ class EqualizedLoss(GroupFairnessProblem):
             start_step=start_step,
             device=device,
             check_finite=check_finite,
+            skip_nonfinite=skip_nonfinite,
         )
         self.buffers = (
             ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None

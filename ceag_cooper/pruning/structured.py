@@ -117,9 +117,17 @@ class ChannelPruner(MaskEngine):
         was_training = self.model.training
         try:
             macs, params = tp.utils.count_ops_and_params(self.model, self.example_inputs)
+        except Exception as error:
+            raise self._untraceable(error) from error
         finally:
             self.model.train(was_training)
         return int(macs), int(params)
+
+    def _untraceable(self, error: Exception) -> ValueError:
+        return ValueError(
+            f"torch-pruning could not trace {type(self.model).__name__} with the given example inputs ({error}); "
+            "check that `example_inputs` is a batch the model accepts, or use unstructured MagnitudePruner."
+        )
 
     def _meta_pruner(self, sparsity: float) -> tp.pruner.MetaPruner:
         modules = dict(self.model.named_modules())
@@ -134,10 +142,7 @@ class ChannelPruner(MaskEngine):
                 ignored_layers=[modules[n] for n in self.ignored_layers],
             )
         except Exception as error:
-            raise ValueError(
-                f"torch-pruning could not trace {type(self.model).__name__} with the given example inputs ({error}); "
-                "check that `example_inputs` is a batch the model accepts, or use unstructured MagnitudePruner."
-            ) from error
+            raise self._untraceable(error) from error
 
     def _mask_item(self, module: nn.Module, handler: Any, idxs: list[int], graph: tp.DependencyGraph) -> None:
         if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
