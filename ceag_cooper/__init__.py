@@ -15,9 +15,11 @@ from ceag_cooper.problems import (
     GroupFairnessProblem,
     NaiveFineTuning,
     OverallMode,
+    TwoSidedCEAG,
     Unconstrained,
 )
 from ceag_cooper.report import DisparityReport, plot_comparison
+from ceag_cooper.selection import Candidate, FeasibilityMonitor, average_state_dicts, select_iterate
 from ceag_cooper.stats import (
     GroupMetrics,
     GroupMetricsAccumulator,
@@ -32,8 +34,10 @@ __version__ = "0.1.0"
 __all__ = [
     "CEAG",
     "BatchStatistics",
+    "Candidate",
     "DisparityReport",
     "EqualizedLoss",
+    "FeasibilityMonitor",
     "GroupFairnessProblem",
     "GroupMetrics",
     "GroupMetricsAccumulator",
@@ -42,12 +46,15 @@ __all__ = [
     "OverallMode",
     "ReplayBufferStore",
     "StepOrder",
+    "TwoSidedCEAG",
     "Unconstrained",
     "__version__",
+    "average_state_dicts",
     "build_optimizer",
     "evaluate_groups",
     "group_means",
     "group_sums",
     "per_sample_loss_and_correct",
     "plot_comparison",
+    "select_iterate",
 ]

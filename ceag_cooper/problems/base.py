@@ -7,6 +7,7 @@ replay buffers' feeding order, the Cooper plumbing and checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ import torch
 
 from ceag_cooper import distributed
 from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
+from ceag_cooper.groups import GroupSpec
 from ceag_cooper.stats import GroupMetrics, LossFn, group_means, per_sample_loss_and_correct
 
 __all__ = ["BatchStatistics", "GroupFairnessProblem"]
@@ -72,6 +74,13 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             buffers are still fed). The paper mitigates only after pruning ends.
         device: device of the multipliers and buffers (default: the reference's, else CPU).
         check_finite: raise when the batch loss is NaN/inf (default on).
+        heldout: estimate the constraints for the multiplier step on held-out data (Cotter et al.,
+            2019): an iterable of ``(inputs, targets, group_ids)`` batches, cycled; each step
+            evaluates the model on the next one (eval mode, no gradient). The model step still
+            uses the training batch's proxy. Requires calling with ``model`` and ``inputs``.
+        heldout_reference: the dense model's :class:`GroupMetrics` on the held-out data (used
+            by accuracy-gap constraints on the multiplier side).
+        heldout_spec: a :class:`GroupSpec` to turn held-out attribute batches into group ids.
         skip_nonfinite: instead of raising, skip a batch whose loss is NaN/inf: no model step,
             no multiplier step, nothing fed to the buffers; counted in ``skipped_steps``. This
             reads one value back to the host per step (a sync on accelerators).
@@ -102,6 +111,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         device: torch.device | str | None = None,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        heldout: Iterable | None = None,
+        heldout_reference: GroupMetrics | None = None,
+        heldout_spec: GroupSpec | None = None,
     ) -> None:
         super().__init__()
         if reference is None and self.requires_reference:
@@ -141,6 +153,14 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.check_finite = check_finite
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
+        if heldout_reference is not None and heldout_reference.num_groups != num_groups:
+            raise ValueError(
+                f"`heldout_reference` has {heldout_reference.num_groups} groups, the problem {num_groups}."
+            )
+        self.heldout = heldout
+        self.heldout_spec = heldout_spec
+        self._heldout_iterator: Iterator | None = None
+        self.heldout_reference = heldout_reference.to(self.device) if heldout_reference is not None else None
         self._synchronized_world = 1  # world size at the last distributed set-up
         if self.constraint_type is not None:
             count = self.num_constraints()
@@ -241,8 +261,10 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             return cooper.CMPState(loss=None, misc={"stats": stats, "skipped": True})
         if self.check_finite:
             check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
-        # Under torch.distributed the multiplier side sees the union of all ranks' batches.
-        global_stats = self._all_ranks(stats) if distributed.is_distributed() else stats
+        # The multiplier side sees held-out batches if given, and under torch.distributed the
+        # union of all ranks' batches.
+        dual_stats = self._heldout_statistics(model, inputs) if self.heldout is not None else stats
+        global_stats = self._all_ranks(dual_stats) if distributed.is_distributed() else dual_stats
         active = self.mitigation_active
         self.update_estimates(global_stats)
         self.num_steps += 1
@@ -263,6 +285,40 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             strict_constraint_features=self._indices,
         )
         return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)
+
+    @property
+    def strict_reference(self) -> GroupMetrics | None:
+        """The dense statistics the multiplier side compares with (held-out ones if given)."""
+        return self.heldout_reference if self.heldout is not None else self.reference
+
+    def _next_heldout(self) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        if self._heldout_iterator is None:
+            self._heldout_iterator = iter(self.heldout)
+        try:
+            batch = next(self._heldout_iterator)
+        except StopIteration:
+            self._heldout_iterator = iter(self.heldout)
+            batch = next(self._heldout_iterator)
+        inputs, targets, third = batch[0], batch[1], batch[2]
+        ids = self.heldout_spec.group_ids(third.to(self.device)) if self.heldout_spec is not None else third
+        return inputs, targets.to(self.device), ids.to(self.device)
+
+    @torch.no_grad()
+    def _heldout_statistics(self, model: torch.nn.Module | None, inputs: Any) -> BatchStatistics:
+        """Statistics of the next held-out batch, in eval mode and without gradient."""
+        if model is None or inputs is None:
+            raise ValueError(
+                "held-out estimation evaluates the model: call compute_cmp_state with `model` and `inputs`."
+            )
+        x, targets, group_ids = self._next_heldout()
+        device = inputs.device if isinstance(inputs, torch.Tensor) else self.device
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(x.to(device))
+        finally:
+            model.train(was_training)
+        return self.batch_statistics(logits, targets, group_ids)
 
     def _all_ranks(self, stats: BatchStatistics) -> BatchStatistics:
         """The batch statistics of all ranks together (detached), identical on every rank.

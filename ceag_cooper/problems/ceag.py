@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from ceag_cooper._validation import check_non_negative_float, check_positive_int
 from ceag_cooper.buffers import ReplayBufferStore
+from ceag_cooper.groups import GroupSpec
 from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
 from ceag_cooper.stats import GroupMetrics, LossFn
 
-__all__ = ["CEAG", "OverallMode", "weighted_overall"]
+__all__ = ["CEAG", "OverallMode", "TwoSidedCEAG", "weighted_overall"]
 
 OverallMode = Literal["population", "balanced"]
 
@@ -51,7 +53,8 @@ class CEAG(GroupFairnessProblem):
         tolerance: :math:`\epsilon \ge 0`, as a fraction (0.01 = one accuracy point).
         buffer_size: ``k``, per-group replay buffer length; ``None`` disables the buffers.
         overall: ``"population"`` (default) or ``"balanced"`` (see above).
-        loss_fn, start_step, device, check_finite, skip_nonfinite: see :class:`GroupFairnessProblem`.
+        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_reference,
+            heldout_spec: see :class:`GroupFairnessProblem`.
 
     Example:
         >>> import torch
@@ -81,7 +84,15 @@ class CEAG(GroupFairnessProblem):
         device: torch.device | str | None = None,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        heldout: Iterable | None = None,
+        heldout_reference: GroupMetrics | None = None,
+        heldout_spec: GroupSpec | None = None,
     ) -> None:
+        if heldout is not None and heldout_reference is None:
+            raise ValueError(
+                "held-out estimation compares with the dense model on the held-out data: pass `heldout_reference`, "
+                "e.g. evaluate_groups(dense_model, heldout_loader, groups=spec)."
+            )
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         if buffer_size is not None:
             check_positive_int(buffer_size, "buffer_size")
@@ -96,6 +107,9 @@ class CEAG(GroupFairnessProblem):
             device=device,
             check_finite=check_finite,
             skip_nonfinite=skip_nonfinite,
+            heldout=heldout,
+            heldout_reference=heldout_reference,
+            heldout_spec=heldout_spec,
         )
         self.buffers = (
             ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None
@@ -106,15 +120,18 @@ class CEAG(GroupFairnessProblem):
         if self.buffers is not None:
             self.buffers.update(stats.group_ids, stats.per_sample_correct)
 
+    def proxy_gaps(self, stats: BatchStatistics) -> torch.Tensor:
+        r"""Differentiable :math:`\tilde\psi_g` (without the tolerance), from the training batch."""
+        ref = self.reference
+        return (stats.group_loss - ref.group_loss) - (stats.loss - ref.loss)
+
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy excess gaps of the present groups, minus the tolerance."""
-        ref = self.reference
-        gaps = (stats.group_loss - ref.group_loss) - (stats.loss - ref.loss)
-        return gaps - self.tolerance, stats.present
+        return self.proxy_gaps(stats) - self.tolerance, stats.present
 
     def excess_accuracy_gaps(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Estimated :math:`\hat\psi_g` (without the tolerance) and which groups are observed."""
-        ref = self.reference
+        ref = self.strict_reference
         if self.buffers is not None:
             observed = self.buffers.is_full()
             group_acc = self.buffers.means()
@@ -163,3 +180,35 @@ class CEAG(GroupFairnessProblem):
     def _move_extra_state(self, device: torch.device) -> None:
         if self.buffers is not None:
             self.buffers.to(device)
+
+
+class TwoSidedCEAG(CEAG):
+    r"""CEAG with two-sided constraints :math:`|\psi_g| \le \epsilon`.
+
+    Plain CEAG only bounds groups that lose *more* than average; a group that gains much more than
+    average still widens :math:`\Psi_{PW} = \max_g \psi_g - \min_g \psi_g`. Here each group has two
+    constraints, :math:`\psi_g - \epsilon \le 0` (rows ``0..G-1`` of the multiplier) and
+    :math:`-\psi_g - \epsilon \le 0` (rows ``G..2G-1``), all in one indexed multiplier.
+
+    Example:
+        >>> import torch
+        >>> from ceag_cooper import GroupMetrics
+        >>> ref = GroupMetrics(torch.tensor([0.9, 0.8]), torch.ones(2), torch.tensor([6.0, 4.0]),
+        ...                    torch.tensor(0.86), torch.tensor(1.0), torch.tensor(10.0))
+        >>> TwoSidedCEAG(reference=ref, tolerance=0.01).num_constraints()
+        4
+    """
+
+    def num_constraints(self) -> int:
+        """Two constraints per group."""
+        return 2 * self.num_groups
+
+    def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[psi~ - eps, -psi~ - eps]`` on the present groups."""
+        gaps = self.proxy_gaps(stats)
+        return torch.cat([gaps, -gaps]) - self.tolerance, stats.present.repeat(2)
+
+    def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[psi^ - eps, -psi^ - eps]`` on the observed groups."""
+        gaps, observed = self.excess_accuracy_gaps(stats)
+        return torch.cat([gaps, -gaps]) - self.tolerance, observed.repeat(2)

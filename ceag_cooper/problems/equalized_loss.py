@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import cooper
@@ -9,6 +10,7 @@ import torch
 
 from ceag_cooper._validation import check_non_negative_float, check_positive_int
 from ceag_cooper.buffers import ReplayBufferStore
+from ceag_cooper.groups import GroupSpec
 from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
 from ceag_cooper.problems.ceag import weighted_overall
 from ceag_cooper.stats import GroupMetrics, LossFn
@@ -34,7 +36,8 @@ class EqualizedLoss(GroupFairnessProblem):
         buffer_size: ``k`` for loss replay buffers; ``None`` (default) uses the batch.
         absolute: use :math:`|L_g - L| - \epsilon \le 0` instead of equalities.
         tolerance: :math:`\epsilon` for ``absolute=True`` (must stay 0 otherwise).
-        loss_fn, start_step, device, check_finite, skip_nonfinite: see :class:`GroupFairnessProblem`.
+        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_spec: see
+            :class:`GroupFairnessProblem` (held-out batches then drive the multiplier step).
 
     Example:
         >>> import torch
@@ -58,6 +61,8 @@ class EqualizedLoss(GroupFairnessProblem):
         device: torch.device | str | None = None,
         check_finite: bool = True,
         skip_nonfinite: bool = False,
+        heldout: Iterable | None = None,
+        heldout_spec: GroupSpec | None = None,
     ) -> None:
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         if not absolute and self.tolerance != 0.0:
@@ -75,6 +80,8 @@ class EqualizedLoss(GroupFairnessProblem):
             device=device,
             check_finite=check_finite,
             skip_nonfinite=skip_nonfinite,
+            heldout=heldout,
+            heldout_spec=heldout_spec,
         )
         self.buffers = (
             ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None
