@@ -49,6 +49,12 @@ GRIDS: dict[str, dict[str, Any]] = {
         "methods": METHODS,
         "seeds": (0,),
     },
+    "utkface_generalization": {
+        "base": {**UTKFACE, "target": "race", "protected": ("race",)},
+        "sparsities": (0.9, 0.95),
+        "methods": ("nft", "ceag", "ceag_heldout", "ceag_heldout_select", "ceag_two_sided"),
+        "seeds": (0, 1, 2),
+    },
     "utkface_many_groups": {
         "base": {**UTKFACE, "target": "race", "protected": ("race", "gender", "age_bucket")},
         "sparsities": (0.9,),

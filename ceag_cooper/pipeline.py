@@ -29,17 +29,23 @@ from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkfa
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.models import MLP, SmallCNN, cifar_resnet
 from ceag_cooper.optim import build_optimizer
-from ceag_cooper.problems import CEAG, EqualizedLoss, GroupFairnessProblem, Unconstrained
+from ceag_cooper.problems import CEAG, EqualizedLoss, GroupFairnessProblem, TwoSidedCEAG, Unconstrained
 from ceag_cooper.progress import progress_bar
 from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, check_sparsity, recalibrate_batchnorm
 from ceag_cooper.report import DisparityReport
+from ceag_cooper.selection import Candidate, select_iterate
 from ceag_cooper.stats import GroupMetrics, GroupMetricsAccumulator, evaluate_groups
 
 __all__ = ["METHODS", "ExperimentConfig", "load_task", "run_experiment", "train_dense"]
 
-METHODS = ("nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag")
+METHODS = (
+    "nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag", "ceag_two_sided", "ceag_heldout", "ceag_heldout_select",
+)  # fmt: skip
 """Fine-tuning methods: naive (NFT), NFT with early stopping on test accuracy (the paper's NFT+ES),
-equalized loss without / with replay buffers, CEAG without / with replay buffers."""
+equalized loss without / with replay buffers, CEAG without / with replay buffers; beyond the
+paper: two-sided CEAG (|psi_g| <= eps), CEAG with constraints estimated on a held-out 20% of the
+training set, and the same plus constrained model selection on that held-out part."""
+HELDOUT_FRACTION = 0.2
 
 _DENSE_FIELDS = (
     "task", "target", "image_size", "model", "width", "seed", "batch_size",
@@ -204,8 +210,17 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
     return model, path, False
 
 
-def make_problem(config: ExperimentConfig, reference: GroupMetrics, start_step: int) -> GroupFairnessProblem:
-    """The Cooper problem of ``config.method``."""
+def make_problem(
+    config: ExperimentConfig, reference: GroupMetrics, start_step: int, heldout: tuple[Any, GroupMetrics] | None = None
+) -> GroupFairnessProblem:
+    """The Cooper problem of ``config.method`` (``heldout``: batches and dense reference)."""
+    if config.method == "ceag_two_sided":
+        return TwoSidedCEAG(reference=reference, tolerance=config.tolerance, buffer_size=config.buffer_size,
+                            start_step=start_step)  # fmt: skip
+    if config.method.startswith("ceag_heldout"):
+        batches, heldout_reference = heldout
+        return CEAG(reference=reference, tolerance=config.tolerance, buffer_size=config.buffer_size,
+                    start_step=start_step, heldout=batches, heldout_reference=heldout_reference)  # fmt: skip
     if config.method in ("nft", "nft_es"):
         return Unconstrained(num_groups=reference.num_groups)
     if config.method in ("el", "el_rb"):
@@ -239,17 +254,28 @@ def finetune(
     """
     torch.manual_seed(config.seed + 1)
     model = copy.deepcopy(dense)
-    steps_per_epoch = task.train.num_batches(config.batch_size)
+    train, heldout = task.train, None
+    if config.method.startswith("ceag_heldout"):
+        # Constraints estimated on a held-out, group-stratified 20% of the training set.
+        train, held = task.train.split_by_group(HELDOUT_FRACTION, seed=config.seed)
+        reference = evaluate_groups(dense, train.batches(512), groups=task.spec)
+        held_reference = evaluate_groups(dense, held.batches(512), groups=task.spec)
+        heldout = (_Cycle(held, config.batch_size, seed=config.seed), held_reference, held)
+    steps_per_epoch = train.num_batches(config.batch_size)
     schedule = GradualSchedule(config.sparsity, num_updates=config.prune_epochs)
     pruner = MagnitudePruner(model, schedule=schedule, prune_last_linear=config.model == "mlp")
     # Pruning updates at the start of epochs 0 .. prune_epochs - 1; the last one starts mitigation.
     start = 0 if config.mitigate_during_pruning else (config.prune_epochs - 1) * steps_per_epoch
-    problem = make_problem(config, reference, start)
+    problem = make_problem(config, reference, start, heldout[:2] if heldout is not None else None)
+    if heldout is not None:
+        problem.heldout_spec = task.spec
     primal = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     pruner.attach(primal)
     optimizer = build_optimizer(problem, primal, dual_lr=config.dual_lr)
     names = task.spec.group_names
     best: tuple[float, dict[str, torch.Tensor]] | None = None
+    candidates: list[Candidate] = []
+    states: list[dict[str, torch.Tensor]] = []
     log: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(config.seed + 2)
     checkpoint = Path(config.output_dir) / "checkpoints" / f"{config.run_name()}.pt"
@@ -266,7 +292,7 @@ def finetune(
         running = GroupMetricsAccumulator(reference.num_groups)
         model.train()
         started = time.perf_counter()
-        for x, y, a in task.train.batches(config.batch_size, seed=config.seed * 1000 + 500 + epoch):
+        for x, y, a in train.batches(config.batch_size, seed=config.seed * 1000 + 500 + epoch):
             x = _augment(x, generator) if config.augment else x
             rollout = optimizer.roll(
                 compute_cmp_state_kwargs={
@@ -300,13 +326,37 @@ def finetune(
             accuracy = float(test_metrics.accuracy)
             if best is None or accuracy > best[0]:
                 best = (accuracy, {k: v.clone() for k, v in model.state_dict().items()})
+        if config.method == "ceag_heldout_select" and epoch >= config.prune_epochs - 1:
+            held_report = DisparityReport.from_metrics(
+                heldout[1], evaluate_groups(model, heldout[2].batches(512), groups=task.spec)
+            )
+            entry["heldout_accuracy"], entry["heldout_max_psi"] = held_report.sparse_overall, held_report.max_psi
+            candidates.append(Candidate(f"epoch {epoch}", held_report.sparse_overall, held_report.max_psi))
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
         extra: dict[str, Any] = {"log": log}
         if best is not None:
             extra.update(best_accuracy=best[0], best_state=best[1])
         save_checkpoint(checkpoint, **objects, counters={"epoch": epoch}, extra=extra)
     if best is not None:  # NFT+ES: the best iterate at final sparsity, by test accuracy (as the paper)
         model.load_state_dict(best[1])
+    if candidates:  # constrained model selection on the held-out split
+        chosen = select_iterate(candidates, tolerance=config.tolerance)
+        model.load_state_dict(states[chosen])
+        log[-1]["selected_iterate"] = candidates[chosen].name
     return model, pruner, log
+
+
+class _Cycle:
+    """Endless shuffled mini-batches of a data set (a new order each pass)."""
+
+    def __init__(self, data: GroupDataset, batch_size: int, *, seed: int) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+
+    def __iter__(self) -> Any:
+        epoch = 0
+        while True:
+            yield from self.data.batches(self.batch_size, seed=self.seed * 7919 + epoch)
+            epoch += 1
 
 
 def run_experiment(

@@ -128,6 +128,27 @@ class GroupDataset(torch.utils.data.Dataset):
             self, inputs=self.inputs[indices], targets=self.targets[indices], attributes=self.attributes[indices]
         )
 
+    def split_by_group(self, fraction: float, *, seed: int = 0) -> tuple[GroupDataset, GroupDataset]:
+        """Split off ``fraction`` of every group (intersection of all attributes): ``(rest, held_out)``.
+
+        Each group contributes ``round(fraction * n_g)`` samples to the held-out part (at least one
+        when it has two or more), chosen at random with ``seed``.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"`fraction` must be in (0, 1), got {fraction}.")
+        ids = self.group_spec().group_ids(self.attributes)
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=gen)
+        held = []
+        for group in torch.unique(ids).tolist():  # a one-off split, not a training step
+            members = order[ids[order] == group]
+            count = round(fraction * len(members)) if len(members) < 2 else max(1, round(fraction * len(members)))
+            held.append(members[:count])
+        held_index = torch.cat(held).sort().values
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[held_index] = False
+        return self.subset(keep.nonzero().flatten()), self.subset(held_index)
+
     def batches(
         self, batch_size: int, *, seed: int | None = None, drop_last: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
