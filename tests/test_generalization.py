@@ -59,6 +59,8 @@ def test_heldout_batches_alone_drive_the_multipliers():
 def test_heldout_needs_its_reference_and_a_model():
     with pytest.raises(ValueError, match="pass `heldout_reference`"):
         cc.CEAG(reference=REFERENCE, heldout=[])
+    with pytest.raises(ValueError, match="must be re-iterable"):
+        cc.CEAG(reference=REFERENCE, heldout=iter([]), heldout_reference=REFERENCE)
     problem = cc.CEAG(
         reference=REFERENCE,
         heldout=[(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))],

@@ -157,6 +157,11 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             raise ValueError(
                 f"`heldout_reference` has {heldout_reference.num_groups} groups, the problem {num_groups}."
             )
+        if heldout is not None and iter(heldout) is heldout:
+            raise ValueError(
+                "`heldout` must be re-iterable (a list, a DataLoader...): it is iterated again whenever it runs "
+                "out, and a one-shot iterator or generator would run dry."
+            )
         self.heldout = heldout
         self.heldout_spec = heldout_spec
         self._heldout_iterator: Iterator | None = None
