@@ -118,7 +118,7 @@ def load_checkpoint(
     pruner: Any = None,
     scheduler: Any = None,
     generator: torch.Generator | None = None,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Restore a :func:`save_checkpoint` file into freshly built objects.
 
     Returns:
@@ -130,7 +130,7 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; start without --resume or check the path.")
+        raise CheckpointError(f"no checkpoint at {path}; check the path (or start the run afresh).")
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # truncated zip, foreign pickle...

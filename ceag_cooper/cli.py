@@ -38,7 +38,7 @@ _HELP = {
     "target": "target attribute (utkface: race, gender, age_bucket)",
     "protected": "protected attribute(s) defining the groups",
     "group_mode": "intersectional (product of values) or marginal",
-    "model": "small_cnn, resnet20, resnet56 or mlp",
+    "model": "small_cnn, resnet20, resnet56, mlp, or (with torchvision) mobilenet_v2, resnet18",
     "method": f"fine-tuning method: {', '.join(METHODS)}",
     "tolerance": "epsilon, as a fraction (0.01 = one accuracy point)",
     "buffer_size": "replay buffer length k per group",

@@ -165,7 +165,18 @@ def build_model(config: ExperimentConfig, task: Task) -> torch.nn.Module:
         return cifar_resnet(int(config.model[6:]), classes, width=config.width // 2, in_channels=task.input_shape[0])
     if config.model == "mlp":
         return MLP(int(np.prod(task.input_shape)), classes, hidden=(config.width * 4, config.width * 4))
-    raise ValueError(f"unknown model {config.model!r}; choose among small_cnn, resnet20, resnet56, mlp.")
+    if config.model in ("mobilenet_v2", "resnet18"):  # the paper's UTKFace model, and a classic
+        try:
+            import torchvision
+        except ImportError as error:
+            raise ValueError(
+                f"model {config.model!r} needs torchvision: pip install 'ceag-cooper[vision]' "
+                "(torch==2.14.1 torchvision==0.29.1 on these machines)."
+            ) from error
+        return getattr(torchvision.models, config.model)(num_classes=classes)
+    raise ValueError(
+        f"unknown model {config.model!r}; choose among small_cnn, resnet20, resnet56, mlp, mobilenet_v2, resnet18."
+    )
 
 
 def _augment(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -260,7 +271,8 @@ def finetune(
         train, held = task.train.split_by_group(HELDOUT_FRACTION, seed=config.seed)
         reference = evaluate_groups(dense, train.batches(512), groups=task.spec)
         held_reference = evaluate_groups(dense, held.batches(512), groups=task.spec)
-        heldout = (_Cycle(held, config.batch_size, seed=config.seed), held_reference, held)
+        # A list of batches: the problem indexes it by position, so checkpoints resume it exactly.
+        heldout = (list(held.batches(config.batch_size, seed=config.seed)), held_reference, held)
     steps_per_epoch = train.num_batches(config.batch_size)
     schedule = GradualSchedule(config.sparsity, num_updates=config.prune_epochs)
     pruner = MagnitudePruner(model, schedule=schedule, prune_last_linear=config.model == "mlp")
@@ -286,6 +298,8 @@ def finetune(
         first, log = state["epoch"] + 1, state["extra"]["log"]
         if "best_accuracy" in state["extra"]:
             best = (state["extra"]["best_accuracy"], state["extra"]["best_state"])
+        candidates = [Candidate(*c) for c in state["extra"].get("candidates", [])]
+        states = state["extra"].get("candidate_states", [])
     epochs = range(first, config.prune_epochs + config.finetune_epochs)
     for epoch in progress_bar(epochs, description=f"{config.method}") if progress else epochs:
         sparsity = pruner.step(epoch + 1)
@@ -334,6 +348,8 @@ def finetune(
             candidates.append(Candidate(f"epoch {epoch}", held_report.sparse_overall, held_report.max_psi))
             states.append({k: v.clone() for k, v in model.state_dict().items()})
         extra: dict[str, Any] = {"log": log}
+        if candidates:
+            extra.update(candidates=[[c.name, c.accuracy, c.max_psi] for c in candidates], candidate_states=states)
         if best is not None:
             extra.update(best_accuracy=best[0], best_state=best[1])
         save_checkpoint(checkpoint, **objects, counters={"epoch": epoch}, extra=extra)
@@ -344,19 +360,6 @@ def finetune(
         model.load_state_dict(states[chosen])
         log[-1]["selected_iterate"] = candidates[chosen].name
     return model, pruner, log
-
-
-class _Cycle:
-    """Endless shuffled mini-batches of a data set (a new order each pass)."""
-
-    def __init__(self, data: GroupDataset, batch_size: int, *, seed: int) -> None:
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-
-    def __iter__(self) -> Any:
-        epoch = 0
-        while True:
-            yield from self.data.batches(self.batch_size, seed=self.seed * 7919 + epoch)
-            epoch += 1
 
 
 def run_experiment(

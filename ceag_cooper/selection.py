@@ -91,10 +91,10 @@ class FeasibilityMonitor:
 
     names: Sequence[str]
     patience: int = 5
-    _last: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _streak: torch.Tensor | None = field(default=None, repr=False)
-    _ever_feasible: torch.Tensor | None = field(default=None, repr=False)
-    _warned: set[int] = field(default_factory=set, repr=False)
+    _last: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, init=False)
+    _streak: torch.Tensor | None = field(default=None, repr=False, init=False)
+    _ever_feasible: torch.Tensor | None = field(default=None, repr=False, init=False)
+    _warned: set[int] = field(default_factory=set, repr=False, init=False)
 
     def update(self, multipliers: torch.Tensor, violations: torch.Tensor) -> None:
         """Record one observation of all constraints (1-D tensors of equal length)."""

@@ -73,10 +73,11 @@ def test_demo_quick_on_real_utkface(tmp_path, capsys):
     assert len(list((tmp_path / "results").glob("*.json"))) == 2
 
 
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["nft_es", "ceag_heldout_select"])
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, method):
     import ceag_cooper.pipeline as pipeline
 
-    config = ExperimentConfig(**{**TINY, "finetune_epochs": 2}, method="nft_es", output_dir=str(tmp_path / "a"))
+    config = ExperimentConfig(**{**TINY, "finetune_epochs": 2}, method=method, output_dir=str(tmp_path / "a"))
     task = load_task(config)
     uninterrupted = run_experiment(config, task=task, progress=False)
     config = ExperimentConfig.from_dict({**config.__dict__, "output_dir": str(tmp_path / "b")})

@@ -7,7 +7,7 @@ replay buffers' feeding order, the Cooper plumbing and checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -157,6 +157,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             raise ValueError(
                 f"`heldout_reference` has {heldout_reference.num_groups} groups, the problem {num_groups}."
             )
+        if heldout is not None and hasattr(heldout, "__len__") and len(heldout) == 0:
+            raise ValueError("`heldout` is empty: give at least one held-out batch.")
         if heldout is not None and iter(heldout) is heldout:
             raise ValueError(
                 "`heldout` must be re-iterable (a list, a DataLoader...): it is iterated again whenever it runs "
@@ -165,6 +167,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.heldout = heldout
         self.heldout_spec = heldout_spec
         self._heldout_iterator: Iterator | None = None
+        self._heldout_position = 0  # batches drawn so far (a list of batches resumes exactly)
         self.heldout_reference = heldout_reference.to(self.device) if heldout_reference is not None else None
         self._synchronized_world = 1  # world size at the last distributed set-up
         if self.constraint_type is not None:
@@ -259,7 +262,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if targets is None or group_ids is None:
             raise ValueError("`targets` and `group_ids` are required.")
         stats = self.batch_statistics(logits, targets, group_ids)
-        if self.skip_nonfinite and not bool(torch.isfinite(stats.loss)):
+        if self.skip_nonfinite and self._any_rank_nonfinite(stats.loss):
             # No loss and no constraint: Cooper computes no gradient, and torch optimizers skip
             # parameters without gradients, so neither the model nor the multipliers move.
             self.skipped_steps += 1
@@ -291,19 +294,30 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         )
         return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)
 
+    def _any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is NaN/inf on this or (under torch.distributed) any rank."""
+        flag = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+        if distributed.is_distributed():
+            flag = distributed.all_reduce_sum(flag)  # every rank skips together, or none does
+        return bool(flag.item() > 0)
+
     @property
     def strict_reference(self) -> GroupMetrics | None:
         """The dense statistics the multiplier side compares with (held-out ones if given)."""
         return self.heldout_reference if self.heldout is not None else self.reference
 
     def _next_heldout(self) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        if self._heldout_iterator is None:
-            self._heldout_iterator = iter(self.heldout)
-        try:
-            batch = next(self._heldout_iterator)
-        except StopIteration:
-            self._heldout_iterator = iter(self.heldout)
-            batch = next(self._heldout_iterator)
+        if isinstance(self.heldout, Sequence):  # indexed by position: checkpoints resume it exactly
+            batch = self.heldout[self._heldout_position % len(self.heldout)]
+        else:
+            if self._heldout_iterator is None:
+                self._heldout_iterator = iter(self.heldout)
+            try:
+                batch = next(self._heldout_iterator)
+            except StopIteration:
+                self._heldout_iterator = iter(self.heldout)
+                batch = next(self._heldout_iterator)
+        self._heldout_position += 1
         inputs, targets, third = batch[0], batch[1], batch[2]
         ids = self.heldout_spec.group_ids(third.to(self.device)) if self.heldout_spec is not None else third
         return inputs, targets.to(self.device), ids.to(self.device)
@@ -424,6 +438,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.device = device
         if self.reference is not None:
             self.reference = self.reference.to(device)
+        if self.heldout_reference is not None:
+            self.heldout_reference = self.heldout_reference.to(device)
         if self.constraint_type is not None:
             self._indices = self._indices.to(device)
         self._move_extra_state(device)
@@ -435,6 +451,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         state.update(
             config=self.config(),
             num_steps=self.num_steps,
+            skipped_steps=self.skipped_steps,
+            heldout_position=self._heldout_position,
             reference=self.reference.state_dict() if self.reference is not None else None,
             extra=self._extra_state(),
         )
@@ -447,6 +465,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             raise ValueError(f"checkpoint was saved by a problem with config {saved}, this problem has {mine}.")
         super().load_state_dict(state_dict)
         self.num_steps = int(state_dict["num_steps"])
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        self._heldout_position = int(state_dict.get("heldout_position", 0))
         if state_dict["reference"] is not None:
             self.reference = GroupMetrics.from_state_dict(state_dict["reference"]).to(self.device)
         self._load_extra_state(state_dict["extra"])

@@ -28,7 +28,7 @@ class SparsitySchedule:
         raise NotImplementedError
 
     def is_update_step(self, step: int) -> bool:
-        """Whether the target changes at ``step`` (the pruner only acts then)."""
+        """Whether the target changes at ``step`` (pruners act whenever the target exceeds what they applied)."""
         return step == 0 or self.sparsity_at(step) != self.sparsity_at(step - 1)
 
 
