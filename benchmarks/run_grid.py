@@ -2,7 +2,8 @@
 
 Each cell is one :func:`ceag_cooper.pipeline.run_experiment`; dense checkpoints are shared by
 every cell with the same dense settings (one per task and seed), and a cell whose results JSON
-already exists is skipped, so an interrupted grid resumes where it stopped. After every cell the
+already exists is skipped and an interrupted cell continues from its last epoch checkpoint, so an
+interrupted grid resumes where it stopped. After every cell the
 aggregate is rewritten: ``benchmarks/results/<grid>.json`` (every cell's numbers) and
 ``<grid>.md`` (mean ± std over seeds, and the command that produced it).
 
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 task = task or load_task(config)
-                result = run_experiment(config, task=task, progress=False)
+                result = run_experiment(config, task=task, progress=False, resume=True)
             print(f"[{index}/{len(configs)}] {config.run_name()}: {time.perf_counter() - started:.0f} s", flush=True)
         results.append(result)
         args.output.mkdir(parents=True, exist_ok=True)
