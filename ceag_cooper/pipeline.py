@@ -33,7 +33,7 @@ from ceag_cooper.problems import CEAG, EqualizedLoss, GroupFairnessProblem, TwoS
 from ceag_cooper.progress import progress_bar
 from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, check_sparsity, recalibrate_batchnorm
 from ceag_cooper.report import DisparityReport
-from ceag_cooper.selection import Candidate, select_iterate
+from ceag_cooper.selection import Candidate, FeasibilityMonitor, select_iterate
 from ceag_cooper.stats import GroupMetrics, GroupMetricsAccumulator, evaluate_groups
 
 __all__ = ["METHODS", "ExperimentConfig", "load_task", "run_experiment", "train_dense"]
@@ -287,6 +287,7 @@ def finetune(
     names = task.spec.group_names
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     candidates: list[Candidate] = []
+    monitor = FeasibilityMonitor(names=task.spec.group_names) if problem.constraint_type is not None else None
     states: list[dict[str, torch.Tensor]] = []
     log: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(config.seed + 2)
@@ -319,6 +320,9 @@ def finetune(
             stats = rollout.cmp_state.misc["stats"]
             running.update_from_values(stats.per_sample_loss.detach(), stats.per_sample_correct, stats.group_ids)
         seconds = time.perf_counter() - started
+        violation = rollout.cmp_state.misc.get("strict_violation")
+        if monitor is not None and violation is not None:  # warns if a multiplier grows in vain
+            monitor.update(problem.multiplier_values, violation)
         # Running BatchNorm statistics lag behind weights that pruning moves fast: recompute them
         # (one forward pass, no weight change) so that eval-mode numbers describe this model.
         recalibrate_batchnorm(model, task.train.batches(512))
@@ -355,6 +359,8 @@ def finetune(
         save_checkpoint(checkpoint, **objects, counters={"epoch": epoch}, extra=extra)
     if best is not None:  # NFT+ES: the best iterate at final sparsity, by test accuracy (as the paper)
         model.load_state_dict(best[1])
+    if monitor is not None and log:
+        log[-1]["never_feasible"] = monitor.never_feasible()
     if candidates:  # constrained model selection on the held-out split
         chosen = select_iterate(candidates, tolerance=config.tolerance)
         model.load_state_dict(states[chosen])
