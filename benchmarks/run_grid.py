@@ -167,7 +167,8 @@ def markdown(name: str, grid: dict[str, Any], rows: list[dict[str, Any]], comman
         f"fine-tuning epochs; ε = {100 * config.tolerance:g} point(s), k = {config.buffer_size}, dual lr "
         f"{config.dual_lr}. ε and the dual lr are fixed (not tuned on any split). Mean ± std over seeds, in "
         "accuracy points; 'feasible' is the fraction of seeds with train max ψ ≤ ε; 'epoch time' is the "
-        "training loop's time per fine-tuning epoch relative to NFT (same machine, same run).",
+        "training loop's time per fine-tuning epoch relative to NFT, from cells run one after another: it "
+        "moves with the machine's load (benchmarks/overhead.py has the controlled, side-by-side step ratio).",
         "",
         f"{cells_done} cell(s). Produced by:",
         "",
@@ -196,17 +197,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="where <grid>.json/.md go")
     parser.add_argument("--runs", type=Path, default=None, help="dense checkpoints and per-cell JSON")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--no-run", action="store_true", help="only aggregate the cells already finished")
     args = parser.parse_args(argv)
     grid = GRIDS[args.grid]
     if args.data_dir:
         grid = {**grid, "base": {**grid["base"], "data_dir": args.data_dir}}
     runs = args.runs or RUNS_DIR / args.grid
-    command = shlex.join(["python", "benchmarks/run_grid.py", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "benchmarks/run_grid.py", *(a for a in given if a != "--no-run")])
     configs = cells(grid, runs, args.seeds)
     task = None
     results = []
     for index, config in enumerate(configs, start=1):
         path = runs / "results" / f"{config.run_name()}.json"
+        if args.no_run and not path.exists():
+            continue
         if path.exists():
             result = json.loads(path.read_text())
             print(f"[{index}/{len(configs)}] {config.run_name()}: done before, reused", flush=True)
@@ -225,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         payload["cells"] = [{k: r[k] for k in kept} for r in results]
         (args.output / f"{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
         (args.output / f"{args.grid}.md").write_text(markdown(args.grid, grid, rows, command, len(results)))
-    print((args.output / f"{args.grid}.md").read_text())
+    if results:
+        print((args.output / f"{args.grid}.md").read_text())
     return results
 
 
