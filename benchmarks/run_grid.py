@@ -7,7 +7,7 @@ interrupted grid resumes where it stopped. After every cell the
 aggregate is rewritten: ``benchmarks/results/<grid>.json`` (every cell's numbers) and
 ``<grid>.md`` (mean ± std over seeds, and the command that produced it).
 
-    python benchmarks/run_grid.py --grid utkface_race            # the paper's first task, 3 seeds
+    python benchmarks/run_grid.py --grid utk_race            # the paper's first task, 3 seeds
     python benchmarks/run_grid.py --grid quick --output /tmp/q   # seconds: synthetic, 1 epoch
 """
 
@@ -34,31 +34,31 @@ RUNS_DIR = Path(__file__).resolve().parent / "runs"  # per-cell JSON (committed,
 
 UTKFACE = {"task": "utkface", "image_size": 32, "model": "small_cnn"}
 GRIDS: dict[str, dict[str, Any]] = {
-    "utkface_race": {
+    "utk_race": {
         "base": {**UTKFACE, "target": "race", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0, 1, 2),
     },
-    "utkface_race_by_race_gender": {
+    "utk_race_by_race_gender": {
         "base": {**UTKFACE, "target": "race", "protected": ("race", "gender")},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0,),
     },
-    "utkface_gender_by_race": {
+    "utk_gender_by_race": {
         "base": {**UTKFACE, "target": "gender", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0,),
     },
-    "utkface_generalization": {
+    "utk_generalization": {
         "base": {**UTKFACE, "target": "race", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
         "methods": ("nft", "ceag", "ceag_heldout", "ceag_heldout_select", "ceag_two_sided"),
         "seeds": (0, 1, 2),
     },
-    "utkface_many_groups": {
+    "utk_many_groups": {
         "base": {**UTKFACE, "target": "race", "protected": ("race", "gender", "age_bucket")},
         "sparsities": (0.9,),
         "methods": ("nft", "el_rb", "ceag"),

@@ -105,7 +105,8 @@ class ExperimentConfig:
         groups = "x".join(self.protected)
         settings = {k: v for k, v in asdict(self).items() if k not in ("data_dir", "cache_dir", "output_dir")}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:6]
-        name = f"{self.task}-{self.target}-by-{groups}-s{round(100 * self.sparsity)}-{self.method}-seed{self.seed}"
+        task = {"utkface": "utk"}.get(self.task, self.task)  # short: file names stay readable
+        name = f"{task}-{self.target}-by-{groups}-s{round(100 * self.sparsity)}-{self.method}-seed{self.seed}"
         return f"{name}-{digest}"
 
     @classmethod
