@@ -87,6 +87,24 @@ class MaskEngine:
             handle.remove()
         self._handles.clear()
 
+    def step(self, step: int | None = None) -> float:
+        """Advance the pruner's schedule to ``step`` (default: the next one) and prune if it says so.
+
+        Prunes whenever the schedule's target exceeds what was last applied, so skipped steps are
+        caught up. Needs the subclass's ``schedule``, ``current_step``, ``_applied_target``,
+        ``sparsity`` and ``prune_to`` (both pruners have them).
+
+        Returns:
+            The pruner's sparsity after this step.
+        """
+        step = (0 if self.current_step is None else self.current_step + 1) if step is None else step
+        self.current_step = step
+        target = self.schedule.sparsity_at(step)
+        if target > self._applied_target:
+            self.prune_to(target)
+            self._applied_target = target
+        return self.sparsity
+
     def measured_sparsity(self) -> float:
         """Fraction of masked entries over all masked parameters."""
         total = sum(m.numel() for m in self.masks.values())

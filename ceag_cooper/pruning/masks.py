@@ -184,20 +184,6 @@ class MagnitudePruner(MaskEngine):
         self.sparsity = self.measured_sparsity()
         return self.sparsity
 
-    def step(self, step: int | None = None) -> float:
-        """Advance the schedule to ``step`` (default: the next one) and prune if it says so.
-
-        Returns:
-            The overall sparsity of the pruned parameters after this step.
-        """
-        step = (0 if self.current_step is None else self.current_step + 1) if step is None else step
-        self.current_step = step
-        target = self.schedule.sparsity_at(step)
-        if target > self._applied_target:  # also catches up on steps that were skipped
-            self.prune_to(target)
-            self._applied_target = target
-        return self.sparsity
-
     @property
     def done(self) -> bool:
         """Whether the schedule has reached its final sparsity."""

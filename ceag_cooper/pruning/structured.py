@@ -191,16 +191,6 @@ class ChannelPruner(MaskEngine):
         self.sparsity = self.channel_sparsity()
         return self.sparsity
 
-    def step(self, step: int | None = None) -> float:
-        """Advance the schedule to ``step`` (default: the next one) and prune if it says so."""
-        step = (0 if self.current_step is None else self.current_step + 1) if step is None else step
-        self.current_step = step
-        target = self.schedule.sparsity_at(step)
-        if target > self._applied_target:  # also catches up on steps that were skipped
-            self.prune_to(target)
-            self._applied_target = target
-        return self.sparsity
-
     def channel_sparsity(self) -> float:
         """Fraction of output channels masked, over the layers that had channels pruned."""
         modules = dict(self.model.named_modules())
