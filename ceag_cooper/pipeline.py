@@ -46,6 +46,9 @@ equalized loss without / with replay buffers, CEAG without / with replay buffers
 paper: two-sided CEAG (|psi_g| <= eps), CEAG with constraints estimated on a held-out 20% of the
 training set, and the same plus constrained model selection on that held-out part."""
 HELDOUT_FRACTION = 0.2
+VALIDATION_SEED = 2024
+"""Seed of the validation split (``ExperimentConfig.validation``): fixed, so that every candidate
+setting is scored on the same samples."""
 
 _DENSE_FIELDS = (
     "task", "target", "image_size", "model", "width", "seed", "batch_size",
@@ -83,6 +86,9 @@ class ExperimentConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     output_dir: str = "outputs"
+    validation: bool = False
+    """Hyperparameter-selection mode: train on a group-stratified 80% of the training split and
+    report the other 20% as the "test" split, so that settings are chosen without the test set."""
 
     def __post_init__(self) -> None:
         self.protected = tuple(self.protected)
@@ -97,16 +103,22 @@ class ExperimentConfig:
 
     def dense_key(self) -> str:
         """Hash of the fields that determine the dense model."""
-        text = json.dumps({k: getattr(self, k) for k in _DENSE_FIELDS}, sort_keys=True, default=list)
+        fields_ = {k: getattr(self, k) for k in _DENSE_FIELDS}
+        if self.validation:  # only when on: keys of earlier runs stay valid
+            fields_["validation"] = True
+        text = json.dumps(fields_, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
         """A file-name-safe name of the run, ending with a hash of every setting that matters."""
         groups = "x".join(self.protected)
         settings = {k: v for k, v in asdict(self).items() if k not in ("data_dir", "cache_dir", "output_dir")}
+        if not self.validation:  # added later: left out when off, so earlier run names stay valid
+            del settings["validation"]
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:6]
         task = {"utkface": "utk"}.get(self.task, self.task)  # short: file names stay readable
         name = f"{task}-{self.target}-by-{groups}-s{round(100 * self.sparsity)}-{self.method}-seed{self.seed}"
+        name = f"{name}-validation" if self.validation else name
         return f"{name}-{digest}"
 
     @classmethod
@@ -153,6 +165,8 @@ def load_task(config: ExperimentConfig) -> Task:
         gen = torch.Generator().manual_seed(0)
         train = train.subset(torch.randperm(len(train), generator=gen)[: config.subset])
         test = test.subset(torch.randperm(len(test), generator=gen)[: max(1, config.subset // 4)])
+    if config.validation:  # the held-out 20% plays the test split; the real test split is not used
+        train, test = train.split_by_group(HELDOUT_FRACTION, seed=VALIDATION_SEED)
     spec = train.group_spec(mode=config.group_mode)  # type: ignore[arg-type]
     return Task(train=train, test=test, spec=spec, input_shape=tuple(train.inputs.shape[1:]))
 
@@ -402,6 +416,8 @@ def run_experiment(
             tolerance=config.tolerance,
         ),
     }
+    if log and "never_feasible" in log[-1]:  # the constraints are on the training split
+        reports["train"].never_feasible = log[-1]["never_feasible"]
     results = {
         "config": asdict(config),
         "run": config.run_name(),

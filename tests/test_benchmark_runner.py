@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
+
+import pytest
 
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_grid.py"
 
@@ -23,6 +26,9 @@ def test_quick_grid_runs_aggregates_and_resumes(tmp_path, capsys):
     assert "| 90% | nft | 2 |" in table
     assert "| 90% | ceag | 2 |" in table
     assert "±" in table
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| 90% |")}
+    assert rows["nft"].endswith("| – |")  # no constraints, nothing tracked
+    assert not rows["ceag"].endswith("| – |")  # "none" or group names with seed counts
     payload = json.loads((tmp_path / "quick.json").read_text())
     assert len(payload["cells"]) == 4
     assert payload["rows"][0]["seeds"] == [0, 1]
@@ -30,3 +36,72 @@ def test_quick_grid_runs_aggregates_and_resumes(tmp_path, capsys):
     second = runner.main(args)
     assert capsys.readouterr().out.count("done before, reused") == 4
     assert [r["reports"] for r in second] == [r["reports"] for r in first]
+    # The plots of the grid, from its JSON.
+    plotter = load_module("plot_grid")
+    paths = plotter.main(["--grid", "quick", "--results", str(tmp_path)])
+    assert [p.name for p in paths] == ["quick_psi_by_group.png", "quick_max_psi_vs_sparsity.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    with pytest.raises(SystemExit, match="no cells for method"):
+        plotter.main(["--grid", "quick", "--results", str(tmp_path), "--methods", "el"])
+
+
+def load_module(name):
+    """A script of benchmarks/ as a module (they import run_grid as a sibling)."""
+    if str(RUNNER.parent) not in sys.path:
+        sys.path.insert(0, str(RUNNER.parent))
+    spec = importlib.util.spec_from_file_location(name, RUNNER.with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_selector():
+    return load_module("select_hparams")
+
+
+def test_committed_cells_keep_their_names():
+    """Adding a config field must not rename finished cells (the grid would rerun them all)."""
+    from ceag_cooper.pipeline import ExperimentConfig
+
+    paths = sorted((RUNNER.parent / "runs").glob("*/results/*.json"))
+    assert paths, "no committed cells found"
+    for path in paths:
+        config = ExperimentConfig.from_dict(json.loads(path.read_text())["config"])
+        assert config.run_name() == path.stem
+
+
+def test_selection_rule_on_hand_made_candidates():
+    select = load_selector()
+    rows = [
+        {"dual_lr": 0.003, "validation_accuracy": 0.80, "validation_max_psi": 0.05},
+        {"dual_lr": 0.01, "validation_accuracy": 0.795, "validation_max_psi": 0.02},
+        {"dual_lr": 0.03, "validation_accuracy": 0.70, "validation_max_psi": 0.00},  # too inaccurate
+    ]
+    assert select.choose(rows, nft_accuracy=0.80, slack=0.01)["dual_lr"] == 0.01
+    assert select.choose(rows, nft_accuracy=0.90, slack=0.01)["dual_lr"] == 0.003  # none close: most accurate
+
+
+def test_quick_selection_never_reads_the_test_split(tmp_path, monkeypatch):
+    import ceag_cooper.pipeline as pipeline
+
+    select = load_selector()
+    loaded = []
+    real_load = pipeline.load_task
+
+    def spy(config):
+        task = real_load(config)
+        loaded.append(task)
+        return task
+
+    monkeypatch.setattr(select, "load_task", spy)
+    payload = select.main(["--grid", "quick", "--output", str(tmp_path), "--dual-lrs", "0.01", "0.1"])
+    assert payload["chosen_dual_lr"] in (0.01, 0.1)
+    assert len(payload["candidates"]) == 2
+    assert "(chosen)" in (tmp_path / "select_quick.md").read_text()
+    # The scored split is the held-out 20% of the training split, disjoint from what was fitted.
+    full = real_load(pipeline.ExperimentConfig.from_dict({**select.GRIDS["quick"]["base"], "seed": 0}))
+    task = loaded[0]
+    assert len(task.train) + len(task.test) == len(full.train)
+    assert abs(len(task.test) - 0.2 * len(full.train)) <= task.spec.num_groups
+    fitted = {tuple(row.tolist()) for row in task.train.inputs}
+    assert not any(tuple(row.tolist()) in fitted for row in task.test.inputs)
