@@ -146,12 +146,24 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[name] = [r["reports"][split]["overall"][metric] for r in group]
         tolerance = group[0]["config"]["tolerance"]
         row["feasible"] = sum(r["reports"]["train"]["overall"]["max_psi"] <= tolerance for r in group) / len(group)
+        tracked = [r["log"][-1]["never_feasible"] for r in group if "never_feasible" in r["log"][-1]]
+        if tracked:  # constrained methods: which groups were violated at every check, over how many seeds
+            names = sorted({n for names in tracked for n in names}, key=lambda n: -sum(n in t for t in tracked))
+            row["never_feasible"] = {"seeds": len(tracked), "groups": {n: sum(n in t for t in tracked) for n in names}}
         if nft:
             row["epoch_time_vs_nft"] = statistics.mean(_step_seconds(r) for r in group) / statistics.mean(
                 _step_seconds(r) for r in nft
             )
         rows.append(row)
     return rows
+
+
+def _never_feasible_text(row: dict[str, Any]) -> str:
+    """Groups whose constraint was violated at every epoch-end check, with their seed counts."""
+    if "never_feasible" not in row:
+        return "–"
+    seeds, groups = row["never_feasible"]["seeds"], row["never_feasible"]["groups"]
+    return ", ".join(f"{name.split('=')[-1]} ({count}/{seeds})" for name, count in groups.items()) or "none"
 
 
 def markdown(name: str, grid: dict[str, Any], rows: list[dict[str, Any]], command: str, cells_done: int) -> str:
@@ -168,7 +180,9 @@ def markdown(name: str, grid: dict[str, Any], rows: list[dict[str, Any]], comman
         f"{config.dual_lr}. ε and the dual lr are fixed (not tuned on any split). Mean ± std over seeds, in "
         "accuracy points; 'feasible' is the fraction of seeds with train max ψ ≤ ε; 'epoch time' is the "
         "training loop's time per fine-tuning epoch relative to NFT, from cells run one after another: it "
-        "moves with the machine's load (benchmarks/overhead.py has the controlled, side-by-side step ratio).",
+        "moves with the machine's load (benchmarks/overhead.py has the controlled, side-by-side step ratio). "
+        "'Never feasible in training' lists the groups whose constraint was violated at every epoch-end check "
+        "of the fine-tuning (count of seeds; – where the cell predates this record or has no constraints).",
         "",
         f"{cells_done} cell(s). Produced by:",
         "",
@@ -176,15 +190,16 @@ def markdown(name: str, grid: dict[str, Any], rows: list[dict[str, Any]], comman
         command,
         "```",
         "",
-        "| sparsity | method | seeds | " + " | ".join(c[2] for c in COLUMNS) + " | feasible | epoch time vs NFT |",
-        "|---:|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|",
+        "| sparsity | method | seeds | " + " | ".join(c[2] for c in COLUMNS) + " | feasible | epoch time vs NFT "
+        "| never feasible in training |",
+        "|---:|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|---|",
     ]
     for row in rows:
         cells_text = " | ".join(_mean_std(row[c[2]]) for c in COLUMNS)
         time_text = f"{row['epoch_time_vs_nft']:.2f}×" if "epoch_time_vs_nft" in row else "–"
         lines.append(
             f"| {100 * row['sparsity']:.0f}% | {row['method']} | {len(row['seeds'])} | {cells_text} "
-            f"| {100 * row['feasible']:.0f}% | {time_text} |"
+            f"| {100 * row['feasible']:.0f}% | {time_text} | {_never_feasible_text(row)} |"
         )
     return "\n".join(lines) + "\n"
 

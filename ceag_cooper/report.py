@@ -50,6 +50,9 @@ class DisparityReport:
         dense_overall: dense accuracy on the whole split.
         sparse_overall: sparse accuracy on the whole split.
         tolerance: :math:`\epsilon` used for :attr:`feasible` (``None``: not judged).
+        never_feasible: names of the groups whose constraint was violated at every check during
+            training (from :meth:`ceag_cooper.FeasibilityMonitor.never_feasible`; ``None``: not
+            tracked). Shown by :meth:`to_markdown` and in ``overall``.
 
     Example:
         >>> r = DisparityReport(["a", "b"], [0.9, 0.8], [0.88, 0.70], [50, 50], 0.85, 0.79, tolerance=0.01)
@@ -64,6 +67,7 @@ class DisparityReport:
     dense_overall: float
     sparse_overall: float
     tolerance: float | None = None
+    never_feasible: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.dense_accuracy = _as_array(self.dense_accuracy)
@@ -81,6 +85,11 @@ class DisparityReport:
             )
         if self.tolerance is not None and not self.tolerance >= 0:
             raise ValueError(f"`tolerance` must be >= 0, got {self.tolerance}.")
+        if self.never_feasible is not None:
+            self.never_feasible = [str(n) for n in self.never_feasible]
+            unknown = sorted(set(self.never_feasible) - set(self.group_names))
+            if unknown:
+                raise ValueError(f"`never_feasible` names groups that are not in `group_names`: {unknown}.")
 
     @classmethod
     def from_metrics(
@@ -170,6 +179,7 @@ class DisparityReport:
             "psi_pw": self.psi_pw,
             "tolerance": self.tolerance,
             "feasible": self.feasible,
+            "never_feasible": self.never_feasible,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +221,9 @@ class DisparityReport:
             f"Δ = {100 * self.overall_gap:.2f}, max ψ = {100 * self.max_psi:.2f}, "
             f"Ψ_PW = {100 * self.psi_pw:.2f} (points){feasible}.",
         ]
+        if self.never_feasible is not None:
+            names = ", ".join(self.never_feasible) if self.never_feasible else "none"
+            lines.append(f"Groups never feasible during training: {names}.")
         return "\n".join(lines)
 
     def plot(self, path: str | Path, *, title: str | None = None) -> Path:

@@ -23,6 +23,12 @@ def test_every_method_runs_and_reuses_the_dense_checkpoint(tmp_path, method):
     assert len(first["log"]) == 2
     saved = json.loads((tmp_path / "results" / f"{config.run_name()}.json").read_text())
     assert saved["reports"]["train"]["overall"]["max_psi"] == first["reports"]["train"]["overall"]["max_psi"]
+    never = saved["reports"]["train"]["overall"]["never_feasible"]
+    if method in ("nft", "nft_es"):  # no constraints: nothing tracked
+        assert never is None
+    else:
+        assert set(never) <= set(saved["groups"])
+        assert never == saved["log"][-1]["never_feasible"]
     again = run_experiment(config, task=task, progress=False)
     assert again["dense_reused"]
 

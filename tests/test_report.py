@@ -24,6 +24,17 @@ def test_max_psi_pairwise_and_feasibility_by_hand():
     )
 
 
+def test_never_feasible_groups_are_reported():
+    report = DisparityReport(["a", "b"], [0.9, 0.8], [0.88, 0.7], [5, 5], 0.85, 0.79, never_feasible=["b"])
+    assert report.overall["never_feasible"] == ["b"]
+    assert report.to_dict()["overall"]["never_feasible"] == ["b"]
+    assert "Groups never feasible during training: b." in report.to_markdown()
+    assert "never feasible" not in DisparityReport(["a"], [0.9], [0.9], [1], 0.9, 0.9).to_markdown()
+    assert "training: none." in DisparityReport(["a"], [0.9], [0.9], [1], 0.9, 0.9, never_feasible=[]).to_markdown()
+    with pytest.raises(ValueError, match=r"not in `group_names`: \['z'\]"):
+        DisparityReport(["a"], [0.9], [0.9], [1], 0.9, 0.9, never_feasible=["z"])
+
+
 def test_absent_groups_are_left_out():
     report = DisparityReport(["a", "b", "c"], [0.9, 0.8, 0.7], [0.8, 0.0, 0.65], [5, 0, 5], 0.8, 0.7)
     assert math.isnan(report.psi[1])
