@@ -105,3 +105,14 @@ def test_quick_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     assert abs(len(task.test) - 0.2 * len(full.train)) <= task.spec.num_groups
     fitted = {tuple(row.tolist()) for row in task.train.inputs}
     assert not any(tuple(row.tolist()) in fitted for row in task.test.inputs)
+
+
+def test_readme_results_section_matches_the_committed_files(tmp_path):
+    readme_results = load_module("readme_results")
+    assert readme_results.main(["--check"]) == 0, "run: python benchmarks/readme_results.py"
+    # A hand-edited number is caught.
+    readme = (RUNNER.parents[1] / "README.md").read_text()
+    begin = readme.index(readme_results.BEGIN)
+    tampered = tmp_path / "README.md"
+    tampered.write_text(readme[:begin] + readme[begin:].replace("|", "| 0.00", 1))
+    assert readme_results.main(["--check", "--readme", str(tampered)]) == 1
