@@ -110,9 +110,13 @@ def test_quick_selection_never_reads_the_test_split(tmp_path, monkeypatch):
 def test_readme_results_section_matches_the_committed_files(tmp_path):
     readme_results = load_module("readme_results")
     assert readme_results.main(["--check"]) == 0, "run: python benchmarks/readme_results.py"
-    # A hand-edited number is caught.
-    readme = (RUNNER.parents[1] / "README.md").read_text()
-    begin = readme.index(readme_results.BEGIN)
-    tampered = tmp_path / "README.md"
-    tampered.write_text(readme[:begin] + readme[begin:].replace("|", "| 0.00", 1))
-    assert readme_results.main(["--check", "--readme", str(tampered)]) == 1
+    # A hand-edited number in either page is caught.
+    root = RUNNER.parents[1]
+    for name, (begin, _, _) in readme_results.PAGES.items():
+        for other in readme_results.PAGES:
+            (tmp_path / other).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / other).write_text((root / other).read_text())
+        text = (root / name).read_text()
+        start = text.index(begin)
+        (tmp_path / name).write_text(text[:start] + text[start:].replace("\n\n", "\n\n0.00 ", 1))
+        assert readme_results.main(["--check", "--root", str(tmp_path)]) == 1, name
