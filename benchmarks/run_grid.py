@@ -166,7 +166,9 @@ def _never_feasible_text(row: dict[str, Any]) -> str:
     return ", ".join(f"{name.split('=')[-1]} ({count}/{seeds})" for name, count in groups.items()) or "none"
 
 
-def markdown(name: str, grid: dict[str, Any], rows: list[dict[str, Any]], command: str, cells_done: int) -> str:
+def markdown(
+    name: str, grid: dict[str, Any], rows: list[dict[str, Any]], command: str, cells_done: int, seconds: float = 0.0
+) -> str:
     """The grid's markdown table."""
     base = grid["base"]
     config = ExperimentConfig.from_dict(base)
@@ -184,7 +186,9 @@ def markdown(name: str, grid: dict[str, Any], rows: list[dict[str, Any]], comman
         "'Never feasible in training' lists the groups whose constraint was violated at every epoch-end check "
         "of the fine-tuning (count of seeds; – where the cell predates this record or has no constraints).",
         "",
-        f"{cells_done} cell(s). Produced by:",
+        f"{cells_done} cell(s), {seconds / 60:.0f} min of wall time in all on 2 CPU cores (sum of the cells' own "
+        "times, dense training included where a cell trained its dense model; longer while other jobs shared the "
+        "cores). Produced by:",
         "",
         "```bash",
         command,
@@ -244,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         payload = {"grid": args.grid, "command": command, "settings": asdict(configs[0]), "rows": rows}
         payload["cells"] = [{k: r[k] for k in kept} for r in results]
         (args.output / f"{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
-        (args.output / f"{args.grid}.md").write_text(markdown(args.grid, grid, rows, command, len(results)))
+        seconds = sum(r["timings_s"]["total"] for r in results)
+        (args.output / f"{args.grid}.md").write_text(markdown(args.grid, grid, rows, command, len(results), seconds))
     if results:
         print((args.output / f"{args.grid}.md").read_text())
     return results
