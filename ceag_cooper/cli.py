@@ -47,6 +47,7 @@ _HELP = {
     "cache_dir": "where decoded images are cached (default ~/.cache/ceag_cooper)",
     "output_dir": "where checkpoints and results go",
     "mitigate_during_pruning": "switch the constraints on from the first step, not after pruning",
+    "validation": "for choosing settings: fit on 80%% of the training split, report the other 20%% as 'test'",
 }
 
 

@@ -408,6 +408,7 @@ def run_experiment(
             evaluate_groups(model, task.train.batches(512), groups=task.spec),
             group_names=names,
             tolerance=config.tolerance,
+            never_feasible=log[-1].get("never_feasible") if log else None,  # constraints are on train
         ),
         "test": DisparityReport.from_metrics(
             dense_test,
@@ -416,8 +417,6 @@ def run_experiment(
             tolerance=config.tolerance,
         ),
     }
-    if log and "never_feasible" in log[-1]:  # the constraints are on the training split
-        reports["train"].never_feasible = log[-1]["never_feasible"]
     results = {
         "config": asdict(config),
         "run": config.run_name(),

@@ -99,6 +99,7 @@ class DisparityReport:
         *,
         group_names: Sequence[str] | None = None,
         tolerance: float | None = None,
+        never_feasible: Sequence[str] | None = None,
     ) -> DisparityReport:
         """Build from the dense and sparse models' :class:`GroupMetrics` on the same split."""
         if dense.num_groups != sparse.num_groups:
@@ -112,6 +113,7 @@ class DisparityReport:
             dense_overall=float(dense.accuracy),
             sparse_overall=float(sparse.accuracy),
             tolerance=tolerance,
+            never_feasible=list(never_feasible) if never_feasible is not None else None,
         )
 
     @property
