@@ -77,19 +77,31 @@ def _config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of runs: accuracy, max ψ and Ψ_PW on train and test (points)."""
+    """A markdown table of runs: accuracy, max ψ and Ψ_PW on train and test (points).
+
+    The last column names the groups never feasible during training (– where not tracked:
+    unconstrained methods, older results).
+    """
     rows = [
-        "| run | method | sparsity | train acc | train max ψ | train Ψ_PW | test acc | test max ψ | test Ψ_PW |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | method | sparsity | train acc | train max ψ | train Ψ_PW | test acc | test max ψ | test Ψ_PW "
+        "| never feasible in training |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for result in results:
         train, test = result["reports"]["train"]["overall"], result["reports"]["test"]["overall"]
         rows.append(
             f"| {result['run']} | {result['config']['method']} | {100 * result['sparsity']:.0f}% "
             f"| {100 * train['sparse_accuracy']:.2f} | {100 * train['max_psi']:.2f} | {100 * train['psi_pw']:.2f} "
-            f"| {100 * test['sparse_accuracy']:.2f} | {100 * test['max_psi']:.2f} | {100 * test['psi_pw']:.2f} |"
+            f"| {100 * test['sparse_accuracy']:.2f} | {100 * test['max_psi']:.2f} | {100 * test['psi_pw']:.2f} "
+            f"| {_names(train.get('never_feasible'))} |"
         )
     return "\n".join(rows)
+
+
+def _names(groups: list[str] | None) -> str:
+    if groups is None:
+        return "–"
+    return ", ".join(groups) or "none"
 
 
 def _report_from_dict(result: dict[str, Any], split: str) -> DisparityReport:
@@ -103,6 +115,7 @@ def _report_from_dict(result: dict[str, Any], split: str) -> DisparityReport:
         dense_overall=overall["dense_accuracy"],
         sparse_overall=overall["sparse_accuracy"],
         tolerance=overall["tolerance"],
+        never_feasible=overall.get("never_feasible"),
     )
 
 

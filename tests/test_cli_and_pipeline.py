@@ -56,7 +56,12 @@ def test_cli_train_dense_prune_report(tmp_path, capsys):
     results = sorted((tmp_path / "results").glob("*.json"))
     assert len(results) == 2
     assert main(["report", *map(str, results), "--output", str(tmp_path / "report")]) == 0
-    assert (tmp_path / "report" / "report.md").read_text().count("| synthetic-") == 2
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert table.count("| synthetic-") == 2
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| synthetic-")}
+    assert rows["nft"].endswith("| – |")  # unconstrained: not tracked
+    never = json.loads(next(r for r in results if "-ceag-" in r.name).read_text())["log"][-1]["never_feasible"]
+    assert rows["ceag"].endswith(f"| {', '.join(never) or 'none'} |")
     assert (tmp_path / "report" / "psi_train.png").stat().st_size > 1000
 
 
