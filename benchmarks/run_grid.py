@@ -55,7 +55,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     "utk_generalization": {
         "base": {**UTKFACE, "target": "race", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
-        "methods": ("nft", "ceag", "ceag_heldout", "ceag_heldout_select", "ceag_two_sided"),
+        "methods": ("nft", "ceag", "ceag_heldout", "ceag_heldout_select", "ceag_two_sided", "ceag_heldout_two_sided"),
         "seeds": (0, 1, 2),
     },
     "utk_many_groups": {

@@ -40,11 +40,13 @@ __all__ = ["METHODS", "ExperimentConfig", "load_task", "run_experiment", "train_
 
 METHODS = (
     "nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag", "ceag_two_sided", "ceag_heldout", "ceag_heldout_select",
+    "ceag_heldout_two_sided",
 )  # fmt: skip
 """Fine-tuning methods: naive (NFT), NFT with early stopping on test accuracy (the paper's NFT+ES),
 equalized loss without / with replay buffers, CEAG without / with replay buffers; beyond the
 paper: two-sided CEAG (|psi_g| <= eps), CEAG with constraints estimated on a held-out 20% of the
-training set, and the same plus constrained model selection on that held-out part."""
+training set, the same plus constrained model selection on that held-out part, and two-sided
+constraints estimated on the held-out part."""
 HELDOUT_FRACTION = 0.2
 VALIDATION_SEED = 2024
 """Seed of the validation split (``ExperimentConfig.validation``): fixed, so that every candidate
@@ -245,7 +247,8 @@ def make_problem(
                             start_step=start_step)  # fmt: skip
     if config.method.startswith("ceag_heldout"):
         batches, heldout_reference = heldout
-        return CEAG(reference=reference, tolerance=config.tolerance, buffer_size=config.buffer_size,
+        kind = TwoSidedCEAG if config.method == "ceag_heldout_two_sided" else CEAG
+        return kind(reference=reference, tolerance=config.tolerance, buffer_size=config.buffer_size,
                     start_step=start_step, heldout=batches, heldout_reference=heldout_reference)  # fmt: skip
     if config.method in ("nft", "nft_es"):
         return Unconstrained(num_groups=reference.num_groups)

@@ -114,3 +114,15 @@ def test_averaging_keeps_common_zeros_and_the_monitor_warns():
     with pytest.warns(UserWarning, match=r"'Others': multiplier grew to 0\.3 over 3 updates"):
         monitor.update(torch.tensor([0.0, 0.3]), torch.tensor([-0.01, 0.05]))
     assert monitor.never_feasible() == ["Others"]
+
+
+@pytest.mark.parametrize(("method", "kind"), [("ceag_heldout", cc.CEAG), ("ceag_heldout_two_sided", cc.TwoSidedCEAG)])
+def test_pipeline_heldout_methods_build_the_right_problem(method, kind):
+    from ceag_cooper.pipeline import ExperimentConfig, make_problem
+
+    batches = [(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))]
+    problem = make_problem(ExperimentConfig(method=method), REFERENCE, 0, (batches, REFERENCE))
+    assert type(problem) is kind
+    assert problem.heldout is batches
+    assert torch.equal(problem.heldout_reference.group_accuracy, REFERENCE.group_accuracy)
+    assert problem.num_constraints() == (4 if kind is cc.TwoSidedCEAG else 2)
