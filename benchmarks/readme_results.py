@@ -208,6 +208,12 @@ def section(results: Path = RESULTS) -> str:
             "",
             *_table(payload, methods, HEADLINE),
         ]
+        for failure in payload.get("failed", []):
+            config = failure["config"]
+            lines.append(
+                f"\n{NAMES[config['method']]} at {100 * config['sparsity']:g}%, seed {config['seed']}: training "
+                f"diverged ({failure['failed'].split('.')[0]})."
+            )
     selection = _load("select_utk_race", results)
     if selection is not None:
         lines += [

@@ -166,6 +166,15 @@ def _never_feasible_text(row: dict[str, Any]) -> str:
     return ", ".join(f"{name.split('=')[-1]} ({count}/{seeds})" for name, count in groups.items()) or "none"
 
 
+def _failures_text(failed: list[dict[str, Any]]) -> str:
+    """Markdown list of the cells whose training diverged (empty when none did)."""
+    if not failed:
+        return ""
+    lines = ["", "Cells whose training diverged (no row above; the run stopped at the first non-finite loss):", ""]
+    lines += [f"- `{f['run']}`: {f['failed']}" for f in failed]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(
     name: str, grid: dict[str, Any], rows: list[dict[str, Any]], command: str, cells_done: int, seconds: float = 0.0
 ) -> str:
@@ -226,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     command = shlex.join(["python", "benchmarks/run_grid.py", *(a for a in given if a != "--no-run")])
     configs = cells(grid, runs, args.seeds)
     task = None
-    results = []
+    results: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     for index, config in enumerate(configs, start=1):
         path = runs / "results" / f"{config.run_name()}.json"
         if args.no_run and not path.exists():
@@ -236,21 +246,31 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print(f"[{index}/{len(configs)}] {config.run_name()}: done before, reused", flush=True)
         else:
             started = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                task = task or load_task(config)
-                result = run_experiment(config, task=task, progress=False, resume=True)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    task = task or load_task(config)
+                    result = run_experiment(config, task=task, progress=False, resume=True)
+            except ValueError as error:
+                if "not finite" not in str(error):
+                    raise
+                # A method that diverges is a result, not a crash of the grid: record it and go on.
+                result = {"run": config.run_name(), "config": asdict(config), "failed": str(error)}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(result, indent=2) + "\n")
             print(f"[{index}/{len(configs)}] {config.run_name()}: {time.perf_counter() - started:.0f} s", flush=True)
-        results.append(result)
+        (failed if "failed" in result else results).append(result)
         args.output.mkdir(parents=True, exist_ok=True)
         rows = aggregate(results)
         kept = ("run", "config", "sparsity", "reports", "log", "timings_s")
         payload = {"grid": args.grid, "command": command, "settings": asdict(configs[0]), "rows": rows}
         payload["cells"] = [{k: r[k] for k in kept} for r in results]
+        payload["failed"] = failed
         (args.output / f"{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
         seconds = sum(r["timings_s"]["total"] for r in results)
-        (args.output / f"{args.grid}.md").write_text(markdown(args.grid, grid, rows, command, len(results), seconds))
-    if results:
+        text = markdown(args.grid, grid, rows, command, len(results), seconds) + _failures_text(failed)
+        (args.output / f"{args.grid}.md").write_text(text)
+    if results or failed:
         print((args.output / f"{args.grid}.md").read_text())
     return results
 

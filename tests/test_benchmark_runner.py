@@ -120,3 +120,34 @@ def test_readme_results_section_matches_the_committed_files(tmp_path):
         start = text.index(begin)
         (tmp_path / name).write_text(text[:start] + text[start:].replace("\n\n", "\n\n0.00 ", 1))
         assert readme_results.main(["--check", "--root", str(tmp_path)]) == 1, name
+
+
+def test_a_diverging_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch, capsys):
+    runner = load_runner()
+    real = runner.run_experiment
+
+    def diverge_for_ceag(config, **kwargs):
+        if config.method == "ceag":
+            raise ValueError("the batch loss at step 3 is not finite (NaN or inf).")
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(runner, "run_experiment", diverge_for_ceag)
+    args = ["--grid", "quick", "--output", str(tmp_path), "--runs", str(tmp_path / "runs"), "--seeds", "0"]
+    assert len(runner.main(args)) == 1  # NFT ran; CEAG diverged
+    payload = json.loads((tmp_path / "quick.json").read_text())
+    assert [f["config"]["method"] for f in payload["failed"]] == ["ceag"]
+    assert [r["method"] for r in payload["rows"]] == ["nft"]
+    assert "diverged" in (tmp_path / "quick.md").read_text()
+    assert "step 3 is not finite" in (tmp_path / "quick.md").read_text()
+    # Recorded: a rerun reuses the failure instead of training again.
+    monkeypatch.setattr(runner, "run_experiment", lambda *a, **k: pytest.fail("should not rerun"))
+    capsys.readouterr()
+    runner.main(args)
+    assert capsys.readouterr().out.count("done before, reused") == 2
+
+    def crash(config, **kwargs):
+        raise ValueError("some other bug")
+
+    monkeypatch.setattr(runner, "run_experiment", crash)
+    with pytest.raises(ValueError, match="some other bug"):  # other errors still stop the grid
+        runner.main(["--grid", "quick", "--output", str(tmp_path), "--runs", str(tmp_path / "other")])

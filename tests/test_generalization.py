@@ -126,3 +126,26 @@ def test_pipeline_heldout_methods_build_the_right_problem(method, kind):
     assert problem.heldout is batches
     assert torch.equal(problem.heldout_reference.group_accuracy, REFERENCE.group_accuracy)
     assert problem.num_constraints() == (4 if kind is cc.TwoSidedCEAG else 2)
+
+
+def test_heldout_methods_train_the_dense_model_without_the_heldout_part(tmp_path, monkeypatch):
+    """A dense model trained on the held-out part has inflated reference accuracies there."""
+    import ceag_cooper.pipeline as pipeline
+
+    tiny = {"task": "synthetic", "model": "mlp", "width": 8, "dense_epochs": 1, "augment": False}
+    config = pipeline.ExperimentConfig(**tiny, method="ceag_heldout", output_dir=str(tmp_path))
+    plain = pipeline.ExperimentConfig(**tiny, method="ceag", output_dir=str(tmp_path))
+    assert config.dense_key() != plain.dense_key()
+    task = pipeline.load_task(config)
+    seen = []
+    real_batches = pipeline.GroupDataset.batches
+
+    def spy(self, *args, **kwargs):
+        seen.append(len(self))
+        return real_batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.GroupDataset, "batches", spy)
+    pipeline.train_dense(config, task, progress=False)
+    fit, held = pipeline.heldout_split(config, task)
+    assert seen == [len(fit)]  # one dense epoch, on the fit part only
+    assert len(fit) + len(held) == len(task.train)
