@@ -33,6 +33,7 @@ NAMES = {
     "ceag_heldout": "CEAG + held-out",
     "ceag_heldout_select": "CEAG + held-out + selection",
     "ceag_heldout_two_sided": "CEAG two-sided + held-out",
+    "ceag_detach_overall": "CEAG, overall term detached",
 }
 HEADLINE = ("train acc", "train max ψ", "test acc", "test max ψ", "test Ψ_PW")
 

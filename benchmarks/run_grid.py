@@ -61,7 +61,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     "utk_many_groups": {
         "base": {**UTKFACE, "target": "race", "protected": ("race", "gender", "age_bucket")},
         "sparsities": (0.9,),
-        "methods": ("nft", "el_rb", "ceag"),
+        "methods": ("nft", "el_rb", "ceag", "ceag_detach_overall"),
         "seeds": (0,),
     },
     "omniglot_many_groups": {
@@ -79,7 +79,7 @@ GRIDS: dict[str, dict[str, Any]] = {
             "dual_lr": 0.05,
         },
         "sparsities": (0.9,),
-        "methods": ("nft", "el_rb", "ceag"),
+        "methods": ("nft", "el_rb", "ceag", "ceag_detach_overall"),
         "seeds": (0,),
     },
     "quick": {

@@ -40,13 +40,14 @@ __all__ = ["METHODS", "ExperimentConfig", "load_task", "run_experiment", "train_
 
 METHODS = (
     "nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag", "ceag_two_sided", "ceag_heldout", "ceag_heldout_select",
-    "ceag_heldout_two_sided",
+    "ceag_heldout_two_sided", "ceag_detach_overall",
 )  # fmt: skip
 """Fine-tuning methods: naive (NFT), NFT with early stopping on test accuracy (the paper's NFT+ES),
 equalized loss without / with replay buffers, CEAG without / with replay buffers; beyond the
 paper: two-sided CEAG (|psi_g| <= eps), CEAG with constraints estimated on a held-out 20% of the
-training set, the same plus constrained model selection on that held-out part, and two-sided
-constraints estimated on the held-out part."""
+training set, the same plus constrained model selection on that held-out part, two-sided
+constraints estimated on the held-out part, and CEAG whose model step treats the proxy's overall
+term as a constant (for many groups, see ``CEAG(detach_overall=True)``)."""
 HELDOUT_FRACTION = 0.2
 VALIDATION_SEED = 2024
 """Seed of the validation split (``ExperimentConfig.validation``): fixed, so that every candidate
@@ -273,8 +274,9 @@ def make_problem(
     if config.method in ("el", "el_rb"):
         buffer = config.buffer_size if config.method == "el_rb" else None
         return EqualizedLoss(reference=reference, buffer_size=buffer, start_step=start_step)
-    buffer = config.buffer_size if config.method == "ceag" else None
-    return CEAG(reference=reference, tolerance=config.tolerance, buffer_size=buffer, start_step=start_step)
+    buffer = config.buffer_size if config.method in ("ceag", "ceag_detach_overall") else None
+    return CEAG(reference=reference, tolerance=config.tolerance, buffer_size=buffer, start_step=start_step,
+                detach_overall=config.method == "ceag_detach_overall")  # fmt: skip
 
 
 def _top_multipliers(problem: GroupFairnessProblem, names: list[str], count: int = 3) -> list[list[Any]]:

@@ -62,11 +62,12 @@ def test_one_roll_updates_observed_multipliers_by_projected_ascent(buffer_size):
     assert rollout.cmp_state.misc["observed"].tolist() == observed.tolist()
 
 
-def test_model_gradient_is_that_of_loss_plus_weighted_proxies_of_batch_groups():
+@pytest.mark.parametrize("detach_overall", [False, True])
+def test_model_gradient_is_that_of_loss_plus_weighted_proxies_of_batch_groups(detach_overall):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     twin = copy.deepcopy(model)
-    problem = CEAG(reference=REFERENCE, tolerance=0.01, buffer_size=None)
+    problem = CEAG(reference=REFERENCE, tolerance=0.01, buffer_size=None, detach_overall=detach_overall)
     optimizer = build_optimizer(problem, torch.optim.SGD(model.parameters(), lr=0.1), dual_lr=0.3)
     set_multipliers(problem, [0.4, 0.0, 5.0])  # group 2 is absent: its large multiplier must not count
     x, y, g = tiny_batch(seed=3, groups=(0, 1))
@@ -76,7 +77,9 @@ def test_model_gradient_is_that_of_loss_plus_weighted_proxies_of_batch_groups():
     overall = losses.mean()
     lagrangian = overall
     for k in (0, 1):  # only the groups in the batch
-        proxy = (losses[g == k].mean() - REFERENCE.group_loss[k]) - (overall - REFERENCE.loss) - 0.01
+        # detach_overall: the overall term is a constant, so no -lambda_g * grad(L) term
+        constant = overall.detach() if detach_overall else overall
+        proxy = (losses[g == k].mean() - REFERENCE.group_loss[k]) - (constant - REFERENCE.loss) - 0.01
         lagrangian = lagrangian + lam[k] * proxy
     lagrangian.backward()
     for got, want in zip(model.parameters(), twin.parameters(), strict=True):
@@ -197,3 +200,8 @@ def test_group_ids_on_another_device_and_dtype_only_moves():
     problem.to(torch.float64)
     assert problem.device == torch.device("cpu")
     assert problem.multiplier_values.dtype == torch.float64
+
+
+def test_detach_overall_must_be_a_bool():
+    with pytest.raises(TypeError, match="`detach_overall` must be a bool"):
+        CEAG(reference=REFERENCE, detach_overall="yes")
