@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_grid import RESULTS_DIR
+from run_grid import RESULTS_DIR, short_name
 
 from ceag_cooper.pipeline import METHODS
 
@@ -66,7 +66,7 @@ def plot_psi_by_group(payload: dict[str, Any], path: Path, *, methods: Sequence[
             ax.axhline(100 * tolerance, color="tab:red", linestyle="--", linewidth=1, label=f"ε = {100 * tolerance:g}")
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xticks(x)
-            ax.set_xticklabels([g.split("=")[-1] for g in groups], rotation=45 if len(groups) > 5 else 0)
+            ax.set_xticklabels([short_name(g) for g in groups], rotation=45 if len(groups) > 5 else 0)
             ax.set_title(f"{split}, {100 * sparsity:g}% sparsity")
             ax.legend(fontsize=8, loc="upper left")
         axes[row][0].set_ylabel("ψ_g (accuracy points)")

@@ -163,7 +163,14 @@ def _never_feasible_text(row: dict[str, Any]) -> str:
     if "never_feasible" not in row:
         return "–"
     seeds, groups = row["never_feasible"]["seeds"], row["never_feasible"]["groups"]
-    return ", ".join(f"{name.split('=')[-1]} ({count}/{seeds})" for name, count in groups.items()) or "none"
+    shown = [f"{short_name(name)} ({count}/{seeds})" for name, count in list(groups.items())[:5]]
+    more = f" and {len(groups) - 5} more" if len(groups) > 5 else ""
+    return ", ".join(shown) + more or "none"
+
+
+def short_name(group: str) -> str:
+    """``"race=Indian, gender=male"`` -> ``"Indian/male"``."""
+    return "/".join(part.split("=")[-1] for part in group.split(", "))
 
 
 def _failures_text(failed: list[dict[str, Any]]) -> str:
