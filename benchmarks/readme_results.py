@@ -121,7 +121,8 @@ def _targets(payload: dict[str, Any]) -> list[str]:
                 f"test acc ≥ NFT − {100 * slack:g}: "
                 + ("yes" if acc >= nft_acc - slack else f"no (−{100 * (nft_acc - slack - acc):.2f})"),
             ]
-            lines.append(f"- {100 * sparsity:g}%, {NAMES[method]} ({len(row['seeds'])} seeds): " + "; ".join(checks))
+            seeds = f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}"
+            lines.append(f"- {100 * sparsity:g}%, {NAMES[method]} ({seeds}): " + "; ".join(checks))
     return lines
 
 
