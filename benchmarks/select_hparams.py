@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sparsity", type=float, default=None, help="default: the grid's first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dual-lrs", type=float, nargs="+", default=DUAL_LRS)
+    parser.add_argument("--method", default="ceag", help="the constrained method whose dual lr is chosen")
     parser.add_argument("--accuracy-slack", type=float, default=0.01)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     parser.add_argument("--data-dir", default=None)
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     given = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "benchmarks/select_hparams.py", *given])
     configs = [ExperimentConfig.from_dict({**base, "method": "nft"})]
-    configs += [ExperimentConfig.from_dict({**base, "method": "ceag", "dual_lr": lr}) for lr in args.dual_lrs]
+    configs += [ExperimentConfig.from_dict({**base, "method": args.method, "dual_lr": lr}) for lr in args.dual_lrs]
     task, results = None, []
     for config in configs:
         path = Path(config.output_dir) / "results" / f"{config.run_name()}.json"
@@ -101,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "tolerance": results[0]["config"]["tolerance"],
         "nft": nft,
         "candidates": rows,
+        "method": args.method,
         "chosen_dual_lr": chosen["dual_lr"],
     }
     args.output.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for row in rows:
         mark = " **(chosen)**" if row is chosen else ""
         lines.append(
-            f"| CEAG{mark} | {row['dual_lr']:g} | {100 * row['validation_accuracy']:.2f} "
+            f"| {args.method}{mark} | {row['dual_lr']:g} | {100 * row['validation_accuracy']:.2f} "
             f"| {100 * row['validation_max_psi']:.2f} | {100 * row['validation_psi_pw']:.2f} "
             f"| {100 * row['fit_max_psi']:.2f} |"
         )
