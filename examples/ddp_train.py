@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         report = cc.DisparityReport.from_metrics(reference, sparse, tolerance=0.01)
         print(f"{world} ranks, identical multipliers {problem.multiplier_values.tolist()}")
         print(report.to_markdown(title="train set"))
+    dist.barrier()  # no rank tears down its gloo connections while another still uses them
     dist.destroy_process_group()
 
 
