@@ -1,7 +1,7 @@
 """Plot a grid's results: per-group ψ_g of chosen methods, and max ψ against sparsity.
 
-Reads ``benchmarks/results/<grid>.json`` (written by ``run_grid.py``) and writes two PNGs beside
-it (needs the ``plot`` extra):
+Reads ``benchmarks/results/<grid>.json`` (written by ``run_grid.py``) and writes two PNGs to
+``docs/figures/`` (``--figures``; images live under docs/; needs the ``plot`` extra):
 
 - ``<grid>_psi_by_group.png``: ψ_g per group, one bar per method (default NFT and CEAG), mean
   over seeds with the seeds' range as error bars; train and test side by side, one row per
@@ -30,6 +30,7 @@ from run_grid import RESULTS_DIR, short_name
 from ceag_cooper.pipeline import METHODS
 
 SPLITS = ("train", "test")
+FIGURES_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 
 def _cells(payload: dict[str, Any], sparsity: float, method: str) -> list[dict[str, Any]]:
@@ -117,18 +118,20 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", required=True)
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder holding <grid>.json")
+    parser.add_argument("--figures", type=Path, default=FIGURES_DIR, help="where the PNGs go")
     parser.add_argument("--methods", nargs="+", default=("nft", "ceag"), help="methods of the per-group plot")
     args = parser.parse_args(argv)
     source = args.results / f"{args.grid}.json"
     if not source.exists():
         raise SystemExit(f"{source} not found: run `python benchmarks/run_grid.py --grid {args.grid}` first.")
     payload = json.loads(source.read_text())
+    args.figures.mkdir(parents=True, exist_ok=True)
     unknown = set(args.methods) - {c["config"]["method"] for c in payload["cells"]}
     if unknown:
         raise SystemExit(f"no cells for method(s) {sorted(unknown)} in {source}.")
     paths = [
-        plot_psi_by_group(payload, args.results / f"{args.grid}_psi_by_group.png", methods=args.methods),
-        plot_max_psi_vs_sparsity(payload, args.results / f"{args.grid}_max_psi_vs_sparsity.png"),
+        plot_psi_by_group(payload, args.figures / f"{args.grid}_psi_by_group.png", methods=args.methods),
+        plot_max_psi_vs_sparsity(payload, args.figures / f"{args.grid}_max_psi_vs_sparsity.png"),
     ]
     for path in paths:
         print(f"wrote {path}")

@@ -173,8 +173,8 @@ def section(results: Path = RESULTS) -> str:
         lines += [
             "",
             "**UTKFace, target race, 5 race groups** ([table](benchmarks/results/utk_race.md), "
-            "[per-group plot](benchmarks/results/utk_race_psi_by_group.png), "
-            "[max ψ vs sparsity](benchmarks/results/utk_race_max_psi_vs_sparsity.png)); 32 px, small CNN, "
+            "[per-group plot](docs/figures/utk_race_psi_by_group.png), "
+            "[max ψ vs sparsity](docs/figures/utk_race_max_psi_vs_sparsity.png)); 32 px, small CNN, "
             f"accuracy points, mean ± std over seeds; {len(race['cells'])} cells:",
             "",
             *_table(race, ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"), HEADLINE),

@@ -38,11 +38,11 @@ def test_quick_grid_runs_aggregates_and_resumes(tmp_path, capsys):
     assert [r["reports"] for r in second] == [r["reports"] for r in first]
     # The plots of the grid, from its JSON.
     plotter = load_module("plot_grid")
-    paths = plotter.main(["--grid", "quick", "--results", str(tmp_path)])
+    paths = plotter.main(["--grid", "quick", "--results", str(tmp_path), "--figures", str(tmp_path / "fig")])
     assert [p.name for p in paths] == ["quick_psi_by_group.png", "quick_max_psi_vs_sparsity.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
     with pytest.raises(SystemExit, match="no cells for method"):
-        plotter.main(["--grid", "quick", "--results", str(tmp_path), "--methods", "el"])
+        plotter.main(["--grid", "quick", "--results", str(tmp_path), "--figures", str(tmp_path), "--methods", "el"])
 
 
 def load_module(name):
