@@ -19,6 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_grid import mean_std
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -43,12 +47,6 @@ def _load(name: str, results: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
 def _row(payload: dict[str, Any], sparsity: float, method: str) -> dict[str, Any] | None:
     return next((r for r in payload["rows"] if r["sparsity"] == sparsity and r["method"] == method), None)
 
@@ -64,7 +62,7 @@ def _table(payload: dict[str, Any], methods: Sequence[str], columns: Sequence[st
             if row is None:
                 continue
             feasible = round(row["feasible"] * len(row["seeds"]))
-            cells = " | ".join(_fmt(row[c]) for c in columns)
+            cells = " | ".join(mean_std(row[c]) for c in columns)
             lines.append(
                 f"| {100 * sparsity:g}% | {NAMES[method]} | {len(row['seeds'])} | {cells} "
                 f"| {feasible}/{len(row['seeds'])} |"

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ceag_cooper import NonFiniteError
 from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment
 
 PAPER_METHODS = ("nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag")
@@ -117,7 +118,8 @@ def cells(grid: dict[str, Any], runs: Path, seeds: Sequence[int] | None) -> list
     ]
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """Fractions as points: ``"12.34"`` for one seed, ``"12.34 ± 0.56"`` (sample std) for several."""
     if len(values) == 1:
         return f"{100 * values[0]:.2f}"
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
@@ -215,7 +217,7 @@ def markdown(
         "|---:|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|---|",
     ]
     for row in rows:
-        cells_text = " | ".join(_mean_std(row[c[2]]) for c in COLUMNS)
+        cells_text = " | ".join(mean_std(row[c[2]]) for c in COLUMNS)
         time_text = f"{row['epoch_time_vs_nft']:.2f}×" if "epoch_time_vs_nft" in row else "–"
         lines.append(
             f"| {100 * row['sparsity']:.0f}% | {row['method']} | {len(row['seeds'])} | {cells_text} "
@@ -258,9 +260,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     warnings.simplefilter("ignore", UserWarning)
                     task = task or load_task(config)
                     result = run_experiment(config, task=task, progress=False, resume=True)
-            except ValueError as error:
-                if "not finite" not in str(error):
-                    raise
+            except NonFiniteError as error:
                 # A method that diverges is a result, not a crash of the grid: record it and go on.
                 result = {"run": config.run_name(), "config": asdict(config), "failed": str(error)}
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ per group, bounding each group's *excess accuracy gap*, solved with Cooper's Lag
 optimizers. See ``docs/index.md``.
 """
 
+from ceag_cooper._validation import NonFiniteError
 from ceag_cooper.buffers import ReplayBufferStore
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.optim import StepOrder, build_optimizer
@@ -24,6 +25,7 @@ from ceag_cooper.stats import (
     GroupMetrics,
     GroupMetricsAccumulator,
     evaluate_groups,
+    group_loss_accuracy,
     group_means,
     group_sums,
     per_sample_loss_and_correct,
@@ -43,6 +45,7 @@ __all__ = [
     "GroupMetricsAccumulator",
     "GroupSpec",
     "NaiveFineTuning",
+    "NonFiniteError",
     "OverallMode",
     "ReplayBufferStore",
     "StepOrder",
@@ -52,6 +55,7 @@ __all__ = [
     "average_state_dicts",
     "build_optimizer",
     "evaluate_groups",
+    "group_loss_accuracy",
     "group_means",
     "group_sums",
     "per_sample_loss_and_correct",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "NonFiniteError",
     "check_finite",
     "check_group_ids",
     "check_non_negative_float",
@@ -19,11 +20,31 @@ __all__ = [
 ]
 
 
-def _assert_values(condition: torch.Tensor, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``condition`` (a 0-d bool tensor) holds."""
+class NonFiniteError(ValueError):
+    """A batch loss or a constraint violation is NaN or infinite: training has diverged.
+
+    A ``ValueError``, so code that catches those still does; catch this one to tell divergence
+    apart from bad input (a benchmark grid records it as a result and goes on). Raised on CPU;
+    on an accelerator the check is queued with ``torch._assert_async``, which fails with a
+    ``RuntimeError`` at the next synchronization instead.
+
+    Example:
+        >>> import torch
+        >>> from ceag_cooper import NonFiniteError
+        >>> from ceag_cooper._validation import check_finite
+        >>> try:
+        ...     check_finite(torch.tensor(float("nan")), "the batch loss")
+        ... except NonFiniteError as error:
+        ...     print(str(error).split(".")[0])
+        the batch loss is not finite (NaN or inf)
+    """
+
+
+def _assert_values(condition: torch.Tensor, message: str, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error(message)`` unless ``condition`` (a 0-d bool tensor) holds."""
     if condition.device.type == "cpu":
         if not bool(condition):
-            raise ValueError(message)
+            raise error(message)
     else:  # pragma: no cover - exercised on accelerators only
         torch._assert_async(condition, message)
 
@@ -98,4 +119,5 @@ def check_finite(value: torch.Tensor, what: str) -> None:
         torch.isfinite(value).all(),
         f"{what} is not finite (NaN or inf). Lower the learning rate, check the inputs for NaNs, "
         "or clip gradients; the multipliers were not updated.",
+        NonFiniteError,
     )

@@ -3,14 +3,18 @@
 Semantics are exactly those of one ``collections.deque(maxlen=k)`` per group fed in batch order:
 if a group has more than ``k`` samples in one batch, only its last ``k`` are kept. The store is a
 ``(G, k)`` ring with one count of values written per group; an update is a stable sort, a
-cumulative count and one scatter, with no Python loop and no host round trip.
+cumulative count and one scatter, with no Python loop and no host round trip. With
+``backend="native"`` (CPU only) the update and the query are one fused C++ call each, which keeps
+running per-group sums (see :mod:`ceag_cooper.native`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ceag_cooper import native
 from ceag_cooper._validation import check_positive_int
+from ceag_cooper.native import Backend
 from ceag_cooper.stats import flatten_membership
 
 __all__ = ["ReplayBufferStore"]
@@ -24,6 +28,8 @@ class ReplayBufferStore:
         capacity: ``k``, values kept per group.
         device: where the ring lives (the model's device).
         dtype: dtype of the stored values.
+        backend: ``"torch"`` (default, any device) or ``"native"`` (fused C++ kernels, CPU only;
+            see :mod:`ceag_cooper.native`). Same contents and means either way.
 
     Example:
         >>> import torch
@@ -42,15 +48,24 @@ class ReplayBufferStore:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        backend: Backend = "torch",
     ) -> None:
         self.num_groups = check_positive_int(num_groups, "num_groups")
         self.capacity = check_positive_int(capacity, "capacity")
         device = torch.device(device) if device is not None else torch.device("cpu")
+        self.backend = native.check_backend(backend, device)
         # One spare column (index k) takes the writes of values that are not kept, so that the
         # scatter needs no boolean indexing (which would force a device-to-host sync).
         self._ring = torch.zeros(self.num_groups, self.capacity + 1, dtype=dtype, device=device)
         # Values ever written per group: the write slot is written % k, the fill min(written, k).
         self._written = torch.zeros(self.num_groups, dtype=torch.long, device=device)
+        # Native backend only: running float64 sums of the held values (exact for 0/1 values).
+        self._sums = torch.zeros(self.num_groups, dtype=torch.float64, device=device) if self.native else None
+
+    @property
+    def native(self) -> bool:
+        """Whether the fused C++ kernels do the work (``backend="native"``)."""
+        return self.backend == "native"
 
     @property
     def device(self) -> torch.device:
@@ -66,6 +81,8 @@ class ReplayBufferStore:
         """Empty every buffer."""
         self._ring.zero_()
         self._written.zero_()
+        if self._sums is not None:
+            self._sums.zero_()
 
     @torch.no_grad()
     def update(self, group_ids: torch.Tensor, values: torch.Tensor) -> None:
@@ -76,6 +93,9 @@ class ReplayBufferStore:
             values: ``(N,)`` per-sample values; with ``(N, M)`` ids each value goes to ``M`` groups.
         """
         ids, vals = flatten_membership(values.detach(), group_ids)
+        if self._sums is not None:
+            native.load().buffer_update(self._ring, self._written, self._sums, ids.contiguous(), vals)
+            return
         # Work in group-sorted order (stable, so batch order is kept within a group): the i-th
         # sorted value is number i - start[g] of its group g in this batch.
         sorted_ids, order = torch.sort(ids, stable=True)
@@ -97,11 +117,21 @@ class ReplayBufferStore:
 
     def sums(self) -> torch.Tensor:
         """``(G,)`` sum of the held values of each group."""
+        if self._sums is not None:
+            return self._sums.to(self._ring.dtype)
         return self._ring[:, : self.capacity].sum(dim=1)
 
     def means(self) -> torch.Tensor:
         """``(G,)`` mean of the held values of each group (0 for an empty group)."""
+        if self._sums is not None:
+            return native.load().buffer_query(self._ring, self._sums, self._written)[0]
         return self.sums() / self._written.clamp(min=1, max=self.capacity).to(self._ring.dtype)
+
+    def query(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(means(), is_full())`` together: one kernel call with the native backend."""
+        if self._sums is not None:
+            return native.load().buffer_query(self._ring, self._sums, self._written)
+        return self.means(), self.is_full()
 
     def contents(self, group: int) -> list[float]:
         """The held values of one group, oldest first (for tests and debugging; syncs)."""
@@ -112,13 +142,16 @@ class ReplayBufferStore:
         return [float(v) for v in self._ring[group, idx].tolist()]
 
     def tensors(self) -> list[torch.Tensor]:
-        """The state tensors (ring and counts), e.g. to broadcast them between ranks."""
-        return [self._ring, self._written]
+        """The state tensors (ring, counts, running sums if native), e.g. to broadcast between ranks."""
+        return [self._ring, self._written, *([self._sums] if self._sums is not None else [])]
 
     def to(self, device: torch.device | str) -> ReplayBufferStore:
         """Move the store to ``device`` in place and return it."""
+        native.check_backend(self.backend, device)
         self._ring = self._ring.to(device)
         self._written = self._written.to(device)
+        if self._sums is not None:
+            self._sums = self._sums.to(device)
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -135,3 +168,5 @@ class ReplayBufferStore:
             )
         self._ring.copy_(state["ring"])
         self._written.copy_(state["written"])
+        if self._sums is not None:
+            self._sums.copy_(self._ring[:, : self.capacity].sum(dim=1, dtype=torch.float64))

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ceag_cooper import native
 from ceag_cooper._validation import check_group_ids, check_positive_int
 from ceag_cooper.groups import GroupSpec
+from ceag_cooper.native import Backend
 from ceag_cooper.progress import progress_bar
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "LossFn",
     "evaluate_groups",
     "flatten_membership",
+    "group_loss_accuracy",
     "group_means",
     "group_sums",
     "per_sample_loss_and_correct",
@@ -117,6 +120,52 @@ def group_sums(
     totals = values.new_zeros(num_groups, flat.shape[1]).index_add(0, ids, flat)
     sums = totals[:, :-1] if values.dim() == 2 else totals[:, 0]
     return sums, totals[:, -1].detach()
+
+
+def group_loss_accuracy(
+    loss: torch.Tensor,
+    correct: torch.Tensor,
+    group_ids: torch.Tensor,
+    num_groups: int,
+    *,
+    backend: Backend = "torch",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's per-group mean loss (differentiable), mean accuracy (detached) and counts.
+
+    The batch statistics of every training step, in one place so that both backends compute
+    them: ``"torch"`` with one :func:`group_means` call on the stacked values, ``"native"`` with
+    one fused CPU kernel call (see :mod:`ceag_cooper.native`).
+
+    Args:
+        loss: ``(N,)`` per-sample loss.
+        correct: ``(N,)`` per-sample 0/1 accuracy.
+        group_ids: ``(N,)`` or ``(N, M)`` ids in ``[0, num_groups)`` (validated by the caller).
+        num_groups: number of groups ``G``.
+        backend: ``"torch"`` or ``"native"``.
+
+    Returns:
+        ``(group_loss, group_accuracy, counts)``, each of shape ``(G,)``, 0 for absent groups.
+
+    Example:
+        >>> import torch
+        >>> loss = torch.tensor([1.0, 3.0, 2.0], requires_grad=True)
+        >>> group_loss, group_acc, counts = group_loss_accuracy(
+        ...     loss, torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 2]), 3)
+        >>> group_loss.tolist(), group_acc.tolist(), counts.tolist()
+        ([2.0, 0.0, 2.0], [0.5, 0.0, 1.0], [2.0, 0.0, 1.0])
+    """
+    if backend == "native":
+        if group_ids.dim() == 1:
+            ids, flat_loss, flat_correct = group_ids, loss, correct
+        else:
+            ids, flat = flatten_membership(torch.stack([loss, correct], dim=1), group_ids)
+            flat_loss, flat_correct = flat[:, 0], flat[:, 1]
+        group_loss, group_acc, counts = native.load().group_statistics(
+            flat_loss, flat_correct.detach(), ids.contiguous(), num_groups
+        )
+        return group_loss, group_acc, counts
+    means, counts = group_means(torch.stack([loss, correct], dim=1), group_ids, num_groups)
+    return means[:, 0], means[:, 1].detach(), counts
 
 
 def group_means(values: torch.Tensor, group_ids: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:

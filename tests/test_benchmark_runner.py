@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ceag_cooper import NonFiniteError
+
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_grid.py"
 
 
@@ -122,13 +124,26 @@ def test_readme_results_section_matches_the_committed_files(tmp_path):
         assert readme_results.main(["--check", "--root", str(tmp_path)]) == 1, name
 
 
+def test_other_errors_of_a_cell_stop_the_grid(tmp_path, monkeypatch):
+    runner = load_runner()
+
+    def bad_input(config, **kwargs):
+        raise ValueError("`group_ids` must be integers")  # a bug or bad input, not a divergence
+
+    monkeypatch.setattr(runner, "run_experiment", bad_input)
+    args = ["--grid", "quick", "--output", str(tmp_path), "--runs", str(tmp_path / "runs"), "--seeds", "0"]
+    with pytest.raises(ValueError, match="must be integers"):
+        runner.main(args)
+    assert not (tmp_path / "runs" / "results").exists()  # nothing recorded as a result
+
+
 def test_a_diverging_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch, capsys):
     runner = load_runner()
     real = runner.run_experiment
 
     def diverge_for_ceag(config, **kwargs):
         if config.method == "ceag":
-            raise ValueError("the batch loss at step 3 is not finite (NaN or inf).")
+            raise NonFiniteError("the batch loss at step 3 is not finite (NaN or inf).")
         return real(config, **kwargs)
 
     monkeypatch.setattr(runner, "run_experiment", diverge_for_ceag)

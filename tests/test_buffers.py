@@ -27,10 +27,10 @@ def buffer_runs(draw):
     return num_groups, k, members, batches
 
 
-@given(buffer_runs())
-def test_buffer_matches_deque_oracle_after_every_update(run):
+@given(run=buffer_runs())
+def test_buffer_matches_deque_oracle_after_every_update(run, backend):
     num_groups, k, members, batches = run
-    store = ReplayBufferStore(num_groups, k)
+    store = ReplayBufferStore(num_groups, k, backend=backend)
     oracle = NaiveBuffers(num_groups, k)
     for ids, values in batches:
         ids_tensor = torch.tensor(ids)
@@ -41,30 +41,37 @@ def test_buffer_matches_deque_oracle_after_every_update(run):
         assert store.is_full().tolist() == oracle.full()
         assert store.fill.tolist() == [len(d) for d in oracle.deques]
         torch.testing.assert_close(store.means(), torch.tensor(oracle.means()), rtol=1e-5, atol=1e-5)
+        means, full = store.query()
+        assert full.tolist() == oracle.full()
+        torch.testing.assert_close(means, store.means(), rtol=0, atol=0)
         for g in {i for row in ids for i in (row if isinstance(row, list) else [row])}:
             assert store.contents(g) == pytest.approx(list(oracle.deques[g]), abs=1e-6)
 
 
-def test_more_than_k_samples_in_one_batch_keeps_the_last_k():
-    store = ReplayBufferStore(2, 3)
+def test_more_than_k_samples_in_one_batch_keeps_the_last_k(backend):
+    store = ReplayBufferStore(2, 3, backend=backend)
     store.update(torch.tensor([0, 1, 0, 0, 0, 0]), torch.tensor([1.0, 9.0, 2.0, 3.0, 4.0, 5.0]))
     assert store.contents(0) == [3.0, 4.0, 5.0]
     assert store.contents(1) == [9.0]
     assert store.is_full().tolist() == [True, False]
 
 
-def test_state_dict_round_trip_and_reset():
-    store = ReplayBufferStore(4, 2)
-    store.update(torch.tensor([0, 0, 1, 3, 3, 3]), torch.arange(6.0))
-    fresh = ReplayBufferStore(4, 2)
-    fresh.load_state_dict(store.state_dict())
-    assert [fresh.contents(g) for g in range(4)] == [store.contents(g) for g in range(4)]
-    fresh.update(torch.tensor([1]), torch.tensor([7.0]))
-    store.update(torch.tensor([1]), torch.tensor([7.0]))
-    torch.testing.assert_close(fresh.means(), store.means())
-    store.reset()
-    assert store.fill.sum().item() == 0
-    assert store.means().abs().sum().item() == 0
+def test_state_dict_round_trip_and_reset(backend):
+    # Saved by one backend, loaded by the same one or by the reference "torch" one, both ways.
+    for saved_by, loaded_by in [(backend, backend), (backend, "torch"), ("torch", backend)]:
+        store = ReplayBufferStore(4, 2, backend=saved_by)
+        store.update(torch.tensor([0, 0, 1, 3, 3, 3]), torch.arange(6.0))
+        fresh = ReplayBufferStore(4, 2, backend=loaded_by)
+        fresh.load_state_dict(store.state_dict())
+        assert [fresh.contents(g) for g in range(4)] == [store.contents(g) for g in range(4)]
+        torch.testing.assert_close(fresh.means(), store.means())
+        fresh.update(torch.tensor([1, 3]), torch.tensor([7.0, 8.0]))
+        store.update(torch.tensor([1, 3]), torch.tensor([7.0, 8.0]))
+        torch.testing.assert_close(fresh.means(), store.means())
+        assert fresh.means().tolist() == [0.5, 4.5, 0.0, 6.5]  # [0, 1], [2, 7], [], [5, 8]
+        store.reset()
+        assert store.fill.sum().item() == 0
+        assert store.means().abs().sum().item() == 0
     with pytest.raises(ValueError, match="expected"):
         ReplayBufferStore(5, 2).load_state_dict(fresh.state_dict())
 

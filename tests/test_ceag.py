@@ -6,7 +6,7 @@ import pytest
 import torch
 from naive_reference import NaiveBuffers, naive_ceag_strict
 
-from ceag_cooper import CEAG, GroupMetrics
+from ceag_cooper import CEAG, GroupMetrics, NonFiniteError
 
 # Dense reference: group accuracies 0.9 / 0.8 / 0.6, shares 0.5 / 0.3 / 0.2, so the
 # whole-data dense accuracy is 0.45 + 0.24 + 0.12 = 0.81 and the loss 0.15 + 0.15 + 0.18 = 0.48.
@@ -191,7 +191,7 @@ def test_group_ids_beyond_the_reference_and_nan_losses_are_rejected():
         strict(problem, [0, 3], [1, 1])
     with pytest.raises(ValueError, match="empty"):
         strict(problem, [], [])
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(NonFiniteError, match="not finite"):  # a ValueError subclass, raised on divergence
         problem.compute_cmp_state(
             logits=torch.tensor([[float("nan"), 0.0]]), targets=torch.tensor([0]), group_ids=torch.tensor([0])
         )

@@ -17,7 +17,8 @@ import torch
 from ceag_cooper import distributed
 from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
 from ceag_cooper.groups import GroupSpec
-from ceag_cooper.stats import GroupMetrics, LossFn, group_means, per_sample_loss_and_correct
+from ceag_cooper.native import Backend, check_backend
+from ceag_cooper.stats import GroupMetrics, LossFn, group_loss_accuracy, group_means, per_sample_loss_and_correct
 
 __all__ = ["BatchStatistics", "GroupFairnessProblem"]
 
@@ -84,6 +85,10 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         skip_nonfinite: instead of raising, skip a batch whose loss is NaN/inf: no model step,
             no multiplier step, nothing fed to the buffers; counted in ``skipped_steps``. This
             reads one value back to the host per step (a sync on accelerators).
+        backend: ``"torch"`` (default; vectorized operators, any device) or ``"native"``
+            (fused C++ kernels for the batch statistics and buffers, CPU only, compiled on first
+            use; see :mod:`ceag_cooper.native`). Both give the same numbers. Not part of
+            :meth:`config`: a checkpoint saved with one loads with the other.
 
     Example:
         >>> import torch
@@ -114,6 +119,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         heldout: Iterable | None = None,
         heldout_reference: GroupMetrics | None = None,
         heldout_spec: GroupSpec | None = None,
+        backend: Backend = "torch",
     ) -> None:
         super().__init__()
         if reference is None and self.requires_reference:
@@ -146,6 +152,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             device = reference.device if reference is not None else torch.device("cpu")
         self.num_groups = num_groups
         self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
+        self.backend = check_backend(backend, self.device)
         self.reference = reference.to(self.device) if reference is not None else None
         self.loss_fn = loss_fn
         self.start_step = start_step
@@ -217,8 +224,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if group_ids.shape[0] != logits.shape[0]:
             raise ValueError(f"`group_ids` has {group_ids.shape[0]} rows but the batch has {logits.shape[0]} samples.")
         loss, correct = per_sample_loss_and_correct(logits, targets, self.loss_fn)
-        means, counts = group_means(torch.stack([loss, correct], dim=1), group_ids, self.num_groups)
-        group_loss, group_acc = means[:, 0], means[:, 1].detach()
+        group_loss, group_acc, counts = group_loss_accuracy(
+            loss, correct, group_ids, self.num_groups, backend=self.backend
+        )
         return BatchStatistics(
             logits=logits,
             group_ids=group_ids,
@@ -435,6 +443,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if device is None:  # a dtype-only call: nothing else to move
             return self
         device = torch.empty(0, device=device).device
+        check_backend(self.backend, device)
         self.device = device
         if self.reference is not None:
             self.reference = self.reference.to(device)

@@ -10,6 +10,7 @@ import torch
 from ceag_cooper._validation import check_non_negative_float, check_positive_int
 from ceag_cooper.buffers import ReplayBufferStore
 from ceag_cooper.groups import GroupSpec
+from ceag_cooper.native import Backend
 from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
 from ceag_cooper.stats import GroupMetrics, LossFn
 
@@ -65,7 +66,7 @@ class CEAG(GroupFairnessProblem):
         detach_overall: no gradient through the proxy's overall term (see above); default
             ``False``, the paper's proxy.
         loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_reference,
-            heldout_spec: see :class:`GroupFairnessProblem`.
+            heldout_spec, backend: see :class:`GroupFairnessProblem`.
 
     Example:
         >>> import torch
@@ -99,6 +100,7 @@ class CEAG(GroupFairnessProblem):
         heldout: Iterable | None = None,
         heldout_reference: GroupMetrics | None = None,
         heldout_spec: GroupSpec | None = None,
+        backend: Backend = "torch",
     ) -> None:
         if heldout is not None and heldout_reference is None:
             raise ValueError(
@@ -125,9 +127,12 @@ class CEAG(GroupFairnessProblem):
             heldout=heldout,
             heldout_reference=heldout_reference,
             heldout_spec=heldout_spec,
+            backend=backend,
         )
         self.buffers = (
-            ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None
+            ReplayBufferStore(self.num_groups, buffer_size, device=self.device, backend=self.backend)
+            if buffer_size is not None
+            else None
         )
 
     def update_estimates(self, stats: BatchStatistics) -> None:
@@ -149,8 +154,7 @@ class CEAG(GroupFairnessProblem):
         r"""Estimated :math:`\hat\psi_g` (without the tolerance) and which groups are observed."""
         ref = self.strict_reference
         if self.buffers is not None:
-            observed = self.buffers.is_full()
-            group_acc = self.buffers.means()
+            group_acc, observed = self.buffers.query()
             weights = observed.to(group_acc.dtype)
             if self.overall == "population":
                 weights = weights * ref.population_share

@@ -11,6 +11,7 @@ import torch
 from ceag_cooper._validation import check_non_negative_float, check_positive_int
 from ceag_cooper.buffers import ReplayBufferStore
 from ceag_cooper.groups import GroupSpec
+from ceag_cooper.native import Backend
 from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
 from ceag_cooper.problems.ceag import weighted_overall
 from ceag_cooper.stats import GroupMetrics, LossFn
@@ -36,7 +37,7 @@ class EqualizedLoss(GroupFairnessProblem):
         buffer_size: ``k`` for loss replay buffers; ``None`` (default) uses the batch.
         absolute: use :math:`|L_g - L| - \epsilon \le 0` instead of equalities.
         tolerance: :math:`\epsilon` for ``absolute=True`` (must stay 0 otherwise).
-        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_spec: see
+        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_spec, backend: see
             :class:`GroupFairnessProblem` (held-out batches then drive the multiplier step).
 
     Example:
@@ -63,6 +64,7 @@ class EqualizedLoss(GroupFairnessProblem):
         skip_nonfinite: bool = False,
         heldout: Iterable | None = None,
         heldout_spec: GroupSpec | None = None,
+        backend: Backend = "torch",
     ) -> None:
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         if not absolute and self.tolerance != 0.0:
@@ -82,9 +84,12 @@ class EqualizedLoss(GroupFairnessProblem):
             skip_nonfinite=skip_nonfinite,
             heldout=heldout,
             heldout_spec=heldout_spec,
+            backend=backend,
         )
         self.buffers = (
-            ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size is not None else None
+            ReplayBufferStore(self.num_groups, buffer_size, device=self.device, backend=self.backend)
+            if buffer_size is not None
+            else None
         )
         self._seen_counts = torch.zeros(self.num_groups, device=self.device)
 
@@ -105,8 +110,7 @@ class EqualizedLoss(GroupFairnessProblem):
         """``L_g - L`` from the loss buffers (full groups) or the batch, detached."""
         if self.buffers is None:
             return self._shape(stats.group_loss.detach() - stats.loss.detach()), stats.present
-        observed = self.buffers.is_full()
-        group_loss = self.buffers.means()
+        group_loss, observed = self.buffers.query()
         shares = self.reference.population_share if self.reference is not None else self._seen_counts
         overall = weighted_overall(group_loss, observed.to(group_loss.dtype) * shares)
         return self._shape(group_loss - overall), observed
