@@ -109,13 +109,36 @@ COLUMNS = (
 
 
 def cells(grid: dict[str, Any], runs: Path, seeds: Sequence[int] | None) -> list[ExperimentConfig]:
-    """Every cell's config, seeds outermost so that each seed's dense model is trained once."""
+    """Every cell's config, seeds outermost so that each seed's dense model is trained once.
+
+    A grid's optional ``selected`` maps a method to settings chosen for it on held-out data by
+    ``select_hparams.py`` (e.g. ``{"ceag": {"dual_lr": 0.003}}``); they override ``base``.
+    """
+    selected = grid.get("selected", {})
     return [
-        ExperimentConfig.from_dict({**grid["base"], "sparsity": s, "method": m, "seed": seed, "output_dir": str(runs)})
+        ExperimentConfig.from_dict(
+            {**grid["base"], **selected.get(m, {}), "sparsity": s, "method": m, "seed": seed, "output_dir": str(runs)}
+        )
         for seed in (seeds if seeds is not None else grid["seeds"])
         for s in grid["sparsities"]
         for m in grid["methods"]
     ]
+
+
+def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> str:
+    """How ε and the dual lr were set, for the table's header."""
+    text = f"ε = {100 * config.tolerance:g} point(s), k = {config.buffer_size}, dual lr {config.dual_lr}"
+    selected = grid.get("selected", {})
+    if not selected:
+        return text + ". ε and the dual lr are fixed (not tuned on any split)."
+    chosen = "; ".join(
+        f"{method}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in settings.items())
+        for method, settings in selected.items()
+    )
+    return (
+        f"{text} except where chosen on a held-out 20% of the training split by `select_hparams.py` "
+        f"(results/select_{name}.md; the test split was not read): {chosen}. ε is the requirement, not tuned."
+    )
 
 
 def mean_std(values: list[float]) -> str:
@@ -196,9 +219,8 @@ def markdown(
         f"Task {base['task']}, target {base.get('target')}, groups {' × '.join(base.get('protected', ()))} "
         f"({config.group_mode}); model {config.model} at {config.image_size} px; dense {config.dense_epochs} "
         f"epochs; gradual magnitude pruning over {config.prune_epochs} epochs, then {config.finetune_epochs} "
-        f"fine-tuning epochs; ε = {100 * config.tolerance:g} point(s), k = {config.buffer_size}, dual lr "
-        f"{config.dual_lr}. ε and the dual lr are fixed (not tuned on any split). Mean ± std over seeds, in "
-        "accuracy points; 'feasible' is the fraction of seeds with train max ψ ≤ ε; 'epoch time' is the "
+        f"fine-tuning epochs; {_tuning_text(name, grid, config)} Mean ± std over seeds, in accuracy points; "
+        "'feasible' is the fraction of seeds with train max ψ ≤ ε; 'epoch time' is the "
         "training loop's time per fine-tuning epoch relative to NFT, from cells run one after another: it "
         "moves with the machine's load (benchmarks/overhead.py has the controlled, side-by-side step ratio). "
         "'Never feasible in training' lists the groups whose constraint was violated at every epoch-end check "

@@ -166,3 +166,18 @@ def test_a_diverging_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch
     monkeypatch.setattr(runner, "run_experiment", crash)
     with pytest.raises(ValueError, match="some other bug"):  # other errors still stop the grid
         runner.main(["--grid", "quick", "--output", str(tmp_path), "--runs", str(tmp_path / "other")])
+
+
+def test_settings_selected_for_a_method_override_the_base_and_are_stated(tmp_path):
+    runner = load_runner()
+    grid = {**runner.GRIDS["quick"], "selected": {"ceag": {"dual_lr": 0.003}}}
+    configs = runner.cells(grid, tmp_path, seeds=[0])
+    assert {c.method: c.dual_lr for c in configs} == {
+        "nft": runner.GRIDS["quick"]["base"].get("dual_lr", 0.01),
+        "ceag": 0.003,
+    }
+    header = runner.markdown("quick", grid, [], "python benchmarks/run_grid.py --grid quick", 0)
+    assert "ceag: dual lr 0.003" in header
+    assert "select_quick.md" in header
+    assert "fixed (not tuned" not in header
+    assert "fixed (not tuned" in runner.markdown("quick", runner.GRIDS["quick"], [], "cmd", 0)
