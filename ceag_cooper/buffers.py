@@ -84,7 +84,6 @@ class ReplayBufferStore:
         if self._sums is not None:
             self._sums.zero_()
 
-    @torch.no_grad()
     def update(self, group_ids: torch.Tensor, values: torch.Tensor) -> None:
         """Append ``values`` to the buffers of their groups, in batch order.
 
@@ -92,10 +91,14 @@ class ReplayBufferStore:
             group_ids: ``(N,)`` or ``(N, M)`` ids in ``[0, G)`` (validated by the caller).
             values: ``(N,)`` per-sample values; with ``(N, M)`` ids each value goes to ``M`` groups.
         """
-        ids, vals = flatten_membership(values.detach(), group_ids)
-        if self._sums is not None:
+        if self._sums is not None:  # the kernel copies raw values: no autograd involved
+            ids, vals = flatten_membership(values, group_ids)
             native.load().buffer_update(self._ring, self._written, self._sums, ids.contiguous(), vals)
             return
+        with torch.no_grad():
+            self._update_vectorized(*flatten_membership(values.detach(), group_ids))
+
+    def _update_vectorized(self, ids: torch.Tensor, vals: torch.Tensor) -> None:
         # Work in group-sorted order (stable, so batch order is kept within a group): the i-th
         # sorted value is number i - start[g] of its group g in this batch.
         sorted_ids, order = torch.sort(ids, stable=True)

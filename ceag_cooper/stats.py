@@ -160,10 +160,8 @@ def group_loss_accuracy(
         else:
             ids, flat = flatten_membership(torch.stack([loss, correct], dim=1), group_ids)
             flat_loss, flat_correct = flat[:, 0], flat[:, 1]
-        group_loss, group_acc, counts = native.load().group_statistics(
-            flat_loss, flat_correct.detach(), ids.contiguous(), num_groups
-        )
-        return group_loss, group_acc, counts
+        # The kernel's autograd Function gives no gradient to ``correct``: no detach needed.
+        return tuple(native.load().group_statistics(flat_loss, flat_correct, ids.contiguous(), num_groups))
     means, counts = group_means(torch.stack([loss, correct], dim=1), group_ids, num_groups)
     return means[:, 0], means[:, 1].detach(), counts
 
