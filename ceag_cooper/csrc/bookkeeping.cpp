@@ -79,8 +79,9 @@ std::tuple<torch::Tensor, torch::Tensor> buffer_query(torch::Tensor ring, torch:
 }
 
 // Per-group means of a differentiable per-sample loss and of a 0/1 accuracy (0 where a group has no
-// sample), and the per-group counts: the batch statistics of one step in a single call. Only the
-// loss means carry a gradient: d mean_g / d loss_i = 1 / count_g for the samples i of group g.
+// sample), and the per-group counts, all in the loss's dtype: the batch statistics of one step in a
+// single call. Only the loss means carry a gradient: d mean_g / d loss_i = 1 / count_g for the
+// samples i of group g.
 class GroupStatistics : public torch::autograd::Function<GroupStatistics> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor loss,
@@ -89,35 +90,34 @@ class GroupStatistics : public torch::autograd::Function<GroupStatistics> {
     TORCH_CHECK(loss.dim() == 1 && loss.size(0) == ids.size(0), "loss must have one entry per id");
     TORCH_CHECK(correct.dim() == 1 && correct.size(0) == ids.size(0), "correct must have one entry per id");
     TORCH_CHECK(loss.device().is_cpu() && correct.device().is_cpu(), "loss and correct must be CPU tensors");
+    // Accumulate straight into the outputs, in sample order (as index_add does), and divide only
+    // the groups present in the batch: the cost is O(N) plus zero-filling the (G,) outputs.
+    const torch::Tensor values = loss.contiguous();
+    const torch::Tensor hits = correct.to(loss.scalar_type()).contiguous();
     torch::Tensor loss_means = torch::zeros({groups}, loss.options());
-    torch::Tensor acc_means = torch::zeros({groups}, correct.options());
+    torch::Tensor acc_means = torch::zeros({groups}, loss.options());
     torch::Tensor counts = torch::zeros({groups}, loss.options());
     const int64_t n = ids.size(0);
     const int64_t* id = ids.data_ptr<int64_t>();
-    std::vector<double> loss_sum(groups, 0.0), acc_sum(groups, 0.0), count(groups, 0.0);
-    AT_DISPATCH_FLOATING_TYPES(loss.scalar_type(), "group_statistics_loss", [&] {
-      const torch::Tensor vals = loss.contiguous();
-      const scalar_t* v = vals.data_ptr<scalar_t>();
+    std::vector<int64_t> present;
+    present.reserve(static_cast<size_t>(n));
+    AT_DISPATCH_FLOATING_TYPES(loss.scalar_type(), "group_statistics", [&] {
+      const scalar_t* v = values.data_ptr<scalar_t>();
+      const scalar_t* h = hits.data_ptr<scalar_t>();
+      scalar_t* lm = loss_means.data_ptr<scalar_t>();
+      scalar_t* am = acc_means.data_ptr<scalar_t>();
+      scalar_t* c = counts.data_ptr<scalar_t>();
       for (int64_t i = 0; i < n; ++i) {
         const int64_t g = id[i];
         TORCH_CHECK(g >= 0 && g < groups, "group id ", g, " out of range [0, ", groups, ")");
-        loss_sum[g] += static_cast<double>(v[i]);
-        count[g] += 1.0;
+        if (c[g] == 0) present.push_back(g);
+        c[g] += 1;
+        lm[g] += v[i];
+        am[g] += h[i];
       }
-      scalar_t* lm = loss_means.data_ptr<scalar_t>();
-      scalar_t* c = counts.data_ptr<scalar_t>();
-      for (int64_t g = 0; g < groups; ++g) {
-        if (count[g] > 0) lm[g] = static_cast<scalar_t>(loss_sum[g] / count[g]);
-        c[g] = static_cast<scalar_t>(count[g]);
-      }
-    });
-    AT_DISPATCH_FLOATING_TYPES(correct.scalar_type(), "group_statistics_accuracy", [&] {
-      const torch::Tensor vals = correct.contiguous();
-      const scalar_t* v = vals.data_ptr<scalar_t>();
-      for (int64_t i = 0; i < n; ++i) acc_sum[id[i]] += static_cast<double>(v[i]);
-      scalar_t* am = acc_means.data_ptr<scalar_t>();
-      for (int64_t g = 0; g < groups; ++g) {
-        if (count[g] > 0) am[g] = static_cast<scalar_t>(acc_sum[g] / count[g]);
+      for (const int64_t g : present) {
+        lm[g] /= c[g];
+        am[g] /= c[g];
       }
     });
     ctx->save_for_backward({ids, counts});
