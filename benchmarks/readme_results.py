@@ -214,15 +214,35 @@ def section(results: Path = RESULTS) -> str:
                 f"\n{NAMES[config['method']]} at {100 * config['sparsity']:g}%, seed {config['seed']}: training "
                 f"diverged ({failure['failed'].split('.')[0]})."
             )
-    selection = _load("select_utk_race", results)
-    if selection is not None:
-        lines += [
-            "",
-            f"Dual step size chosen on a held-out 20% of the training set "
-            f"([select_utk_race.md](benchmarks/results/select_utk_race.md)): {selection['chosen_dual_lr']:g} "
-            f"(the grids above ran with {race['settings']['dual_lr'] if race else '?'}).",
-        ]
+    lines += _selection_lines(results)
     return "\n".join([*lines, END])
+
+
+def _selection_lines(results: Path) -> list[str]:
+    """One line per task whose dual step size was chosen on held-out data, and what its rows used."""
+    lines = []
+    tasks = ("utk_race", "utk_race_by_race_gender", "utk_gender_by_race", "utk_many_groups", "omniglot_many_groups")
+    for name in tasks:
+        selection, grid = _load(f"select_{name}", results), _load(name, results)
+        if selection is None:
+            continue
+        method = selection.get("method", "ceag")
+        cells = (grid or {}).get("cells", [])
+        used = sorted({c["config"]["dual_lr"] for c in cells if c["config"]["method"] == method})
+        ran = ", ".join(f"{lr:g}" for lr in used) or "?"
+        lines.append(
+            f"- {name} ([select_{name}.md](benchmarks/results/select_{name}.md)): {NAMES.get(method, method)} "
+            f"{selection['chosen_dual_lr']:g}; its rows above ran with {ran}"
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        "Dual step sizes chosen on a held-out 20% of each task's training set (the test split is not read; "
+        "`benchmarks/select_hparams.py`, rule in benchmarks/README.md):",
+        "",
+        *lines,
+    ]
 
 
 PAGES = {  # page -> (begin marker, end marker, builder of the section)
