@@ -40,18 +40,21 @@ GRIDS: dict[str, dict[str, Any]] = {
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0, 1, 2),
+        "selected": {"ceag": {"dual_lr": 0.003}},  # results/select_utk_race.md
     },
     "utk_race_by_race_gender": {
         "base": {**UTKFACE, "target": "race", "protected": ("race", "gender")},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0,),
+        "selected": {"ceag": {"dual_lr": 0.003}},  # results/select_utk_race_by_race_gender.md
     },
     "utk_gender_by_race": {
         "base": {**UTKFACE, "target": "gender", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0,),
+        "selected": {"ceag": {"dual_lr": 0.003}},  # results/select_utk_gender_by_race.md
     },
     "utk_generalization": {
         "base": {**UTKFACE, "target": "race", "protected": ("race",)},
@@ -64,6 +67,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         "sparsities": (0.9,),
         "methods": ("nft", "el_rb", "ceag", "ceag_detach_overall"),
         "seeds": (0,),
+        "selected": {"ceag_detach_overall": {"dual_lr": 0.001}},  # results/select_utk_many_groups.md
     },
     "omniglot_many_groups": {
         "base": {
@@ -81,6 +85,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         },
         "sparsities": (0.9,),
         "methods": ("nft", "el_rb", "ceag", "ceag_detach_overall"),
+        "selected": {"ceag_detach_overall": {"dual_lr": 0.001}},  # results/select_omniglot_many_groups.md
         "seeds": (0,),
     },
     "quick": {

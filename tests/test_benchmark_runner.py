@@ -181,3 +181,15 @@ def test_settings_selected_for_a_method_override_the_base_and_are_stated(tmp_pat
     assert "select_quick.md" in header
     assert "fixed (not tuned" not in header
     assert "fixed (not tuned" in runner.markdown("quick", runner.GRIDS["quick"], [], "cmd", 0)
+
+
+def test_each_grid_runs_with_the_dual_lr_chosen_for_its_task_on_held_out_data():
+    runner = load_runner()
+    for name, grid in runner.GRIDS.items():
+        path = RUNNER.parent / "results" / f"select_{name}.json"
+        if not path.exists():
+            assert "selected" not in grid, f"{name} claims a selection that is not committed"
+            continue
+        selection = json.loads(path.read_text())
+        method = selection.get("method", "ceag")  # the first selection file predates the field
+        assert grid.get("selected") == {method: {"dual_lr": selection["chosen_dual_lr"]}}, name
