@@ -93,7 +93,7 @@ class ReplayBufferStore:
         """
         if self._sums is not None:  # the kernel copies raw values: no autograd involved
             ids, vals = flatten_membership(values, group_ids)
-            native.load().buffer_update(self._ring, self._written, self._sums, ids.contiguous(), vals)
+            native.load().buffer_update(self._ring, self._written, self._sums, ids, vals)
             return
         with torch.no_grad():
             self._update_vectorized(*flatten_membership(values.detach(), group_ids))

@@ -121,3 +121,15 @@ def test_native_kernels_reject_out_of_range_ids(native_backend):
     store = ReplayBufferStore(2, 2, backend=native_backend)
     with pytest.raises(RuntimeError, match="out of range"):
         store.update(torch.tensor([0, 2]), torch.tensor([1.0, 1.0]))
+
+
+def test_non_contiguous_ids_and_values_are_fine(native_backend):
+    ids = torch.tensor([[0, 9], [2, 9], [0, 9], [1, 9]])[:, 0]  # a strided view
+    loss = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])[:, 0]
+    correct = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    assert not ids.is_contiguous()
+    got = group_loss_accuracy(loss, correct, ids, 3, backend=native_backend)
+    assert [t.tolist() for t in got] == [[2.0, 4.0, 2.0], [0.5, 1.0, 0.0], [2.0, 1.0, 1.0]]
+    store = ReplayBufferStore(3, 2, backend=native_backend)
+    store.update(ids, loss)
+    assert store.means().tolist() == [2.0, 4.0, 2.0]
