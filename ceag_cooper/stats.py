@@ -156,10 +156,10 @@ def group_loss_accuracy(
     """
     if backend == "native":
         if group_ids.dim() == 1:  # the common case first: nothing to flatten
-            return tuple(native.load().group_statistics(loss, correct, group_ids, num_groups))
+            return native.load().group_statistics(loss, correct, group_ids, num_groups)
         ids, flat = flatten_membership(torch.stack([loss, correct], dim=1), group_ids)
         # The kernel's autograd Function gives no gradient to ``correct``: no detach needed.
-        return tuple(native.load().group_statistics(flat[:, 0], flat[:, 1], ids, num_groups))
+        return native.load().group_statistics(flat[:, 0], flat[:, 1], ids, num_groups)
     means, counts = group_means(torch.stack([loss, correct], dim=1), group_ids, num_groups)
     return means[:, 0], means[:, 1].detach(), counts
 

@@ -71,10 +71,14 @@ std::tuple<torch::Tensor, torch::Tensor> buffer_query(torch::Tensor ring, torch:
   bool* f = full.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES(dtype, "buffer_query", [&] {
     scalar_t* m = means.data_ptr<scalar_t>();
+    // Full buffers (most of them, after warm-up) multiply by 1/k instead of dividing. For the
+    // integer sums of 0/1 accuracies this rounds to exactly the same float32 as sum / k.
+    const double inverse_capacity = 1.0 / static_cast<double>(capacity);
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t fill = std::min(count[g], capacity);
-      m[g] = static_cast<scalar_t>(fill > 0 ? sum[g] / static_cast<double>(fill) : 0.0);
-      f[g] = count[g] >= capacity;
+      const int64_t c = count[g];
+      const double mean = c >= capacity ? sum[g] * inverse_capacity : (c > 0 ? sum[g] / static_cast<double>(c) : 0.0);
+      m[g] = static_cast<scalar_t>(mean);
+      f[g] = c >= capacity;
     }
   });
   return {means, full};
@@ -105,7 +109,8 @@ class GroupStatistics : public torch::autograd::Function<GroupStatistics> {
     }
     const int64_t n = ids.size(0);
     const int64_t* id = ids.data_ptr<int64_t>();
-    std::vector<int64_t> present;
+    thread_local std::vector<int64_t> present;  // reused between calls: no allocation per step
+    present.clear();
     present.reserve(static_cast<size_t>(n));
     AT_DISPATCH_FLOATING_TYPES(loss.scalar_type(), "group_statistics", [&] {
       const scalar_t* v = values.data_ptr<scalar_t>();
@@ -142,9 +147,10 @@ class GroupStatistics : public torch::autograd::Function<GroupStatistics> {
   }
 };
 
-std::vector<torch::Tensor> group_statistics(torch::Tensor loss, torch::Tensor correct, torch::Tensor ids,
-                                            int64_t groups) {
-  return GroupStatistics::apply(loss, correct, ids, groups);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> group_statistics(torch::Tensor loss, torch::Tensor correct,
+                                                                         torch::Tensor ids, int64_t groups) {
+  const auto out = GroupStatistics::apply(loss, correct, ids, groups);
+  return {out[0], out[1], out[2]};  // a Python tuple, not a list
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
