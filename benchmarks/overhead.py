@@ -553,14 +553,21 @@ def git_state() -> dict[str, Any]:
     return {"git_commit": commit, "ceag_cooper_uncommitted_files": dirty}
 
 
+def batch_statistics_path() -> str:
+    """How this version computes a batch's group statistics (the versions differ)."""
+    if hasattr(ceag_cooper, "group_loss_accuracy"):
+        return "group_loss_accuracy (one group_means call on (N, 2) values with torch, one kernel call native)"
+    if group_means_takes_columns():
+        return "one group_means call on (N, 2) values"
+    return "two group_means calls on (N,) values"
+
+
 def machine_info(argv: Sequence[str]) -> dict[str, Any]:
     """Versions, threads, CPU, code state and date of this run."""
     return {
         **git_state(),
         "ceag_cooper_source_sha256_start": source_fingerprint(),
-        "group_stats": "one group_means call on (N, 2) values"
-        if group_means_takes_columns()
-        else "two group_means calls on (N,) values",
+        "group_stats": batch_statistics_path(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": reproduce_command(argv),
         "python": platform.python_version(),
