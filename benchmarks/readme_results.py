@@ -187,7 +187,9 @@ def section(results: Path = RESULTS) -> str:
             "",
             "**Beyond the paper: does the bound hold on unseen data?** "
             "([table](benchmarks/results/utk_generalization.md), [docs](docs/generalization.md), same task; "
-            f"{len(general['cells'])} cells):",
+            f"{len(general['cells'])} cells; every CEAG variant runs with the dual step size "
+            f"{general['settings']['dual_lr']:g} so that they compare with each other, so its CEAG row can differ "
+            "from the table above, which uses the step size selected for CEAG):",
             "",
             *_generalization_table(general),
         ]
