@@ -29,7 +29,8 @@ class ReplayBufferStore:
         device: where the ring lives (the model's device).
         dtype: dtype of the stored values.
         backend: ``"torch"`` (default, any device) or ``"native"`` (fused C++ kernels, CPU only;
-            see :mod:`ceag_cooper.native`). Same contents and means either way.
+            see :mod:`ceag_cooper.native`). Same contents either way; the same means for 0/1 values,
+            and means within the last bit of each other for general values (e.g. losses).
 
     Example:
         >>> import torch
@@ -54,6 +55,10 @@ class ReplayBufferStore:
         self.capacity = check_positive_int(capacity, "capacity")
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.backend = native.check_backend(backend, device)
+        if self.backend == "native" and dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"backend='native' stores float32 or float64 values, got dtype={dtype}; use backend='torch'."
+            )
         # One spare column (index k) takes the writes of values that are not kept, so that the
         # scatter needs no boolean indexing (which would force a device-to-host sync).
         self._ring = torch.zeros(self.num_groups, self.capacity + 1, dtype=dtype, device=device)
@@ -158,18 +163,33 @@ class ReplayBufferStore:
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Ring, pointers and fill counts (loads with ``torch.load(weights_only=True)``)."""
-        return {"ring": self._ring.clone(), "written": self._written.clone()}
+        """Ring and counts, plus the running sums with the native backend.
+
+        Loads with ``torch.load(weights_only=True)``; either backend loads either backend's state.
+        """
+        state = {"ring": self._ring.clone(), "written": self._written.clone()}
+        if self._sums is not None:  # so that a resumed native run continues bit for bit
+            state["sums"] = self._sums.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore from :meth:`state_dict` output; shapes must match ``(G, k)``."""
+        """Restore from :meth:`state_dict` output; shapes must match ``(G, k)``, counts be ``>= 0``."""
         expected = (self.num_groups, self.capacity + 1)
         if tuple(state["ring"].shape) != expected:
             raise ValueError(
                 f"replay buffer state has shape {tuple(state['ring'].shape)}, expected {expected} "
                 f"for {self.num_groups} groups and capacity {self.capacity}."
             )
+        written = state["written"]
+        if tuple(written.shape) != (self.num_groups,) or written.dtype != torch.long or bool((written < 0).any()):
+            raise ValueError(
+                f"replay buffer state is corrupt: `written` must hold {self.num_groups} int64 counts >= 0, "
+                f"got shape {tuple(written.shape)}, dtype {written.dtype}."
+            )
         self._ring.copy_(state["ring"])
-        self._written.copy_(state["written"])
+        self._written.copy_(written)
         if self._sums is not None:
-            self._sums.copy_(self._ring[:, : self.capacity].sum(dim=1, dtype=torch.float64))
+            sums = state.get("sums")
+            if sums is None or tuple(sums.shape) != (self.num_groups,):  # e.g. saved by the torch backend
+                sums = self._ring[:, : self.capacity].sum(dim=1, dtype=torch.float64)
+            self._sums.copy_(sums)

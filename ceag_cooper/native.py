@@ -7,7 +7,7 @@ the samples of the batch (``ceag_cooper/csrc/bookkeeping.cpp``); ``benchmarks/ov
 measures both backends against a naive Python implementation.
 
 The kernels are compiled with :func:`torch.utils.cpp_extension.load` on first use, which needs
-a C++ compiler and ``ninja`` (about a minute, once; the build is cached under
+a C++ compiler and ``ninja`` (about half a minute, once; the build is cached under
 ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). They run on CPU tensors only;
 the default ``"torch"`` backend is the reference and the one to use on accelerators, where the
 operator calls are queued asynchronously and the vectorized kernels are the fast path.

@@ -133,3 +133,82 @@ def test_non_contiguous_ids_and_values_are_fine(native_backend):
     store = ReplayBufferStore(3, 2, backend=native_backend)
     store.update(ids, loss)
     assert store.means().tolist() == [2.0, 4.0, 2.0]
+
+
+def test_second_order_gradient_has_no_nan_for_absent_groups(native_backend):
+    # Found in review: backward divided by zero counts, which only shows up with create_graph.
+    results = {}
+    for name in ("torch", native_backend):
+        loss = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+        weight = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+        ones = torch.ones(3, dtype=torch.float64)
+        group_loss = group_loss_accuracy(loss, ones, torch.tensor([0, 0, 1]), 3, backend=name)[0]
+        (grad,) = torch.autograd.grad((weight * group_loss).sum(), loss, create_graph=True)
+        (grad**2).sum().backward()
+        results[name] = weight.grad
+    torch.testing.assert_close(results["native"], results["torch"])
+    loss = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    ids, ones = torch.tensor([0, 2, 2, 0, 2, 0]), torch.ones(6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: group_loss_accuracy(x, ones, ids, 4, backend=native_backend)[0], loss)
+
+
+def test_a_nan_stops_counting_when_the_deque_would_drop_it(native_backend):
+    # Found in review: a running sum kept the NaN forever once it had entered.
+    for capacity in (1, 2, 3):
+        stores = [ReplayBufferStore(1, capacity, backend=b) for b in ("torch", native_backend)]
+        for value in [float("nan"), float("inf"), 1.0, 1.0, 1.0, 0.0, 1.0]:
+            for store in stores:
+                store.update(torch.tensor([0]), torch.tensor([value]))
+            torch.testing.assert_close(stores[1].means(), stores[0].means(), equal_nan=True)
+
+
+def test_large_magnitudes_do_not_leave_cancellation_error_behind(native_backend):
+    store = ReplayBufferStore(1, 2, dtype=torch.float64, backend=native_backend)
+    store.update(torch.tensor([0, 0, 0]), torch.tensor([1e17, 1.0, 1.0], dtype=torch.float64))
+    assert store.means().tolist() == [1.0]  # the buffer wrapped: its sum was recomputed exactly
+
+
+def test_resume_is_bit_identical_and_failed_updates_change_nothing(native_backend):
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randint(0, 4, (9,), generator=gen), torch.randn(9, generator=gen)) for _ in range(30)]
+    straight = ReplayBufferStore(4, 5, backend=native_backend)
+    first = ReplayBufferStore(4, 5, backend=native_backend)
+    for ids, values in batches[:13]:
+        straight.update(ids, values)
+        first.update(ids, values)
+    resumed = ReplayBufferStore(4, 5, backend=native_backend)
+    resumed.load_state_dict(first.state_dict())
+    for ids, values in batches[13:]:
+        straight.update(ids, values)
+        resumed.update(ids, values)
+        assert torch.equal(resumed.means(), straight.means())
+    before = straight.state_dict()
+    with pytest.raises(RuntimeError, match="out of range"):
+        straight.update(torch.tensor([1, 2, 7]), torch.ones(3))
+    after = straight.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_corrupt_counts_and_unsupported_dtypes_are_refused(native_backend):
+    store = ReplayBufferStore(2, 2, backend=native_backend)
+    state = store.state_dict()
+    state["written"] = torch.tensor([-1, -1])
+    with pytest.raises(ValueError, match="corrupt"):
+        store.load_state_dict(state)
+    store.tensors()[1].fill_(-3)  # written through the live tensors instead
+    with pytest.raises(RuntimeError, match="negative count"):
+        store.update(torch.tensor([0]), torch.ones(1))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ReplayBufferStore(2, 2, dtype=torch.float16, backend=native_backend)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        group_loss_accuracy(
+            torch.ones(2, dtype=torch.bfloat16), torch.ones(2), torch.tensor([0, 1]), 2, backend="native"
+        )
+
+
+def test_the_returned_counts_may_be_modified_before_backward(native_backend):
+    loss = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
+    group_loss, _, counts = group_loss_accuracy(loss, torch.ones(3), torch.tensor([0, 0, 1]), 2, backend=native_backend)
+    counts.clamp_(min=5)
+    group_loss.sum().backward()
+    assert loss.grad.tolist() == [0.5, 0.5, 1.0]

@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -24,16 +25,25 @@ torch::Tensor checked_ids(const torch::Tensor& ids, const char* name) {
 }  // namespace
 
 // Appends values[i] to the ring of group ids[i], in order (deque(maxlen=k) semantics), and keeps
-// the per-group sums of the held values up to date (float64, so 0/1 accuracies stay exact).
+// the per-group sums of the held values up to date in float64: exact for 0/1 accuracies. A sum is
+// recomputed from its ring whenever the buffer wraps around (so rounding never accumulates past one
+// window), when an update cancels most of it (a large value leaving), and whenever a non-finite
+// value is evicted or held (so a NaN stops counting exactly when the deque would drop it).
 // ring: (G, k + 1), only the first k columns are used; written: (G,) int64; sums: (G,) float64.
+// Every id is checked before anything is written: a call with a bad id changes nothing.
 void buffer_update(torch::Tensor ring, torch::Tensor written, torch::Tensor sums, torch::Tensor group_ids,
                    torch::Tensor values) {
   const torch::Tensor ids = checked_ids(group_ids, "group ids");
   TORCH_CHECK(ring.device().is_cpu() && ring.is_contiguous() && ring.dim() == 2, "ring must be a contiguous CPU matrix");
-  TORCH_CHECK(written.scalar_type() == torch::kLong && written.is_contiguous(), "written must be contiguous int64");
-  TORCH_CHECK(sums.scalar_type() == torch::kDouble && sums.is_contiguous(), "sums must be contiguous float64");
-  TORCH_CHECK(values.dim() == 1 && values.size(0) == ids.size(0), "values must have one entry per id");
+  TORCH_CHECK(values.device().is_cpu(), "values must be on the CPU for the native backend");
+  TORCH_CHECK(ring.scalar_type() == torch::kFloat || ring.scalar_type() == torch::kDouble,
+              "backend='native' stores float32 or float64 values, got ", ring.scalar_type(), "; use backend='torch'");
   const int64_t groups = ring.size(0);
+  TORCH_CHECK(written.scalar_type() == torch::kLong && written.is_contiguous() && written.numel() == groups,
+              "written must be a contiguous int64 vector with one count per group");
+  TORCH_CHECK(sums.scalar_type() == torch::kDouble && sums.is_contiguous() && sums.numel() == groups,
+              "sums must be a contiguous float64 vector with one sum per group");
+  TORCH_CHECK(values.dim() == 1 && values.size(0) == ids.size(0), "values must have one entry per id");
   const int64_t stride = ring.size(1);
   const int64_t capacity = stride - 1;
   TORCH_CHECK(capacity >= 1, "ring needs at least one column plus the spare one");
@@ -41,17 +51,41 @@ void buffer_update(torch::Tensor ring, torch::Tensor written, torch::Tensor sums
   const int64_t* id = ids.data_ptr<int64_t>();
   int64_t* count = written.data_ptr<int64_t>();
   double* sum = sums.data_ptr<double>();
+  if (n > 0) {  // a branch-free min/max pass: bad ids fail before anything is written
+    int64_t lowest = id[0], highest = id[0];
+    for (int64_t i = 1; i < n; ++i) {
+      lowest = std::min(lowest, id[i]);
+      highest = std::max(highest, id[i]);
+    }
+    TORCH_CHECK(lowest >= 0 && highest < groups, "group id ", lowest < 0 ? lowest : highest, " out of range [0, ",
+                groups, ")");
+  }
   AT_DISPATCH_FLOATING_TYPES(ring.scalar_type(), "buffer_update", [&] {
     const torch::Tensor vals = values.to(ring.scalar_type()).contiguous();
     const scalar_t* v = vals.data_ptr<scalar_t>();
     scalar_t* r = ring.data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) {
       const int64_t g = id[i];
-      TORCH_CHECK(g >= 0 && g < groups, "group id ", g, " out of range [0, ", groups, ")");
-      scalar_t& slot = r[g * stride + count[g] % capacity];
-      sum[g] += static_cast<double>(v[i]) - static_cast<double>(slot);
+      TORCH_CHECK(count[g] >= 0, "corrupt replay buffer state: group ", g, " has a negative count ", count[g]);
+      scalar_t* row = r + g * stride;
+      const int64_t position = count[g] % capacity;
+      scalar_t& slot = row[position];
+      const double evicted = static_cast<double>(slot);
       slot = v[i];
       ++count[g];
+      const double before = sum[g];
+      const double after = before + (static_cast<double>(v[i]) - evicted);
+      // Cancellation: when the sum falls far below the terms it came from, its absolute rounding
+      // error (relative to those terms) is no longer small relative to it.
+      const double scale = std::max({std::fabs(before), std::fabs(evicted), std::fabs(static_cast<double>(v[i]))});
+      const bool cancelled = std::fabs(after) < 0x1p-20 * scale;
+      if (position == capacity - 1 || cancelled || !std::isfinite(evicted) || !std::isfinite(after)) {
+        double exact = 0.0;  // unfilled slots hold 0, so the whole row can be summed
+        for (int64_t j = 0; j < capacity; ++j) exact += static_cast<double>(row[j]);
+        sum[g] = exact;
+      } else {
+        sum[g] = after;
+      }
     }
   });
 }
@@ -96,6 +130,9 @@ class GroupStatistics : public torch::autograd::Function<GroupStatistics> {
     TORCH_CHECK(loss.dim() == 1 && loss.size(0) == ids.size(0), "loss must have one entry per id");
     TORCH_CHECK(correct.dim() == 1 && correct.size(0) == ids.size(0), "correct must have one entry per id");
     TORCH_CHECK(loss.device().is_cpu() && correct.device().is_cpu(), "loss and correct must be CPU tensors");
+    TORCH_CHECK(loss.scalar_type() == torch::kFloat || loss.scalar_type() == torch::kDouble,
+                "backend='native' computes float32 or float64 losses, got ", loss.scalar_type(),
+                "; use backend='torch'");
     // Accumulate straight into the outputs, in sample order (as index_add does), and divide only
     // the groups present in the batch: the cost is O(N) plus zero-filling the (G,) outputs.
     const torch::Tensor values = loss.contiguous();
@@ -131,17 +168,21 @@ class GroupStatistics : public torch::autograd::Function<GroupStatistics> {
         am[g] /= c[g];
       }
     });
-    ctx->save_for_backward({ids, counts});  // version-checked: ids changed in place before backward raise
+    // Only the ids are saved (version-checked: ids changed in place before backward raise); the
+    // counts are recounted in backward, so the caller may modify the returned counts freely.
+    ctx->save_for_backward({ids});
+    ctx->saved_data["groups"] = groups;
     ctx->mark_non_differentiable({acc_means, counts});
     return {loss_means, acc_means, counts};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const torch::Tensor& ids = saved[0];
-    const torch::Tensor& counts = saved[1];
-    // grad_loss[i] = grad[ids[i]] / counts[ids[i]]: two gathers, in whatever mode autograd runs.
+    const torch::Tensor ids = ctx->get_saved_variables()[0];
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    // grad_loss[i] = grad[ids[i]] / counts[ids[i]]. Absent groups divide by 1, not 0, so that a
+    // second-order pass through grad (create_graph=True) never meets 0 / 0.
+    const torch::Tensor counts = at::bincount(ids, {}, groups).to(grads[0].scalar_type()).clamp_min_(1);
     torch::Tensor grad_loss = (grads[0] / counts).index_select(0, ids);
     return {grad_loss, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

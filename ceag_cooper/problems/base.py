@@ -87,8 +87,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             reads one value back to the host per step (a sync on accelerators).
         backend: ``"torch"`` (default; vectorized operators, any device) or ``"native"``
             (fused C++ kernels for the batch statistics and buffers, CPU only, compiled on first
-            use; see :mod:`ceag_cooper.native`). Both give the same numbers. Not part of
-            :meth:`config`: a checkpoint saved with one loads with the other.
+            use; see :mod:`ceag_cooper.native`). Both give the same numbers for CEAG's 0/1
+            accuracies (loss buffers can differ in the last bit). Not part of :meth:`config`: a
+            checkpoint saved with one loads with the other.
 
     Example:
         >>> import torch
