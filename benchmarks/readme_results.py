@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_grid import mean_std
+from run_grid import GRIDS, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -223,8 +223,7 @@ def section(results: Path = RESULTS) -> str:
 def _selection_lines(results: Path) -> list[str]:
     """One line per task whose dual step size was chosen on held-out data, and what its rows used."""
     lines = []
-    tasks = ("utk_race", "utk_race_by_race_gender", "utk_gender_by_race", "utk_many_groups", "omniglot_many_groups")
-    for name in tasks:
+    for name in GRIDS:  # the grids whose dual step size was selected have a select_<grid> file
         selection, grid = _load(f"select_{name}", results), _load(name, results)
         if selection is None:
             continue

@@ -18,7 +18,7 @@ from ceag_cooper import distributed
 from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.native import Backend, check_backend
-from ceag_cooper.stats import GroupMetrics, LossFn, group_loss_accuracy, group_means, per_sample_loss_and_correct
+from ceag_cooper.stats import GroupMetrics, LossFn, group_loss_accuracy, per_sample_loss_and_correct
 
 __all__ = ["BatchStatistics", "GroupFairnessProblem"]
 
@@ -375,7 +375,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         all_ids = rows[:, :members].long()
         all_ids = all_ids[:, 0] if ids.dim() == 1 else all_ids
         correct, loss = rows[:, members].to(dtype), rows[:, members + 1].to(dtype)
-        means, counts = group_means(torch.stack([loss, correct], dim=1), all_ids, self.num_groups)
+        group_loss, group_acc, counts = group_loss_accuracy(
+            loss, correct, all_ids, self.num_groups, backend=self.backend
+        )
         return BatchStatistics(
             logits=stats.logits,
             group_ids=all_ids,
@@ -383,8 +385,8 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             per_sample_correct=correct,
             loss=loss.mean(),
             accuracy=correct.mean(),
-            group_loss=means[:, 0],
-            group_accuracy=means[:, 1],
+            group_loss=group_loss,
+            group_accuracy=group_acc,
             group_count=counts,
             present=counts > 0,
         )
