@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ceag_cooper import NonFiniteError
-from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment
+from ceag_cooper.pipeline import LEGACY_PROTOCOL, METHODS, ExperimentConfig, load_task, run_experiment
 
 PAPER_METHODS = ("nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag")
 
@@ -34,36 +34,56 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUNS_DIR = Path(__file__).resolve().parent / "runs"  # per-cell JSON (committed, for resuming); dense/ is ignored
 
 UTKFACE = {"task": "utkface", "image_size": 32, "model": "small_cnn"}
+LEGACY = {**UTKFACE, **LEGACY_PROTOCOL}
+"""The grids that ran before issue #13: 4 fine-tuning epochs at a constant LR, training-mode estimates."""
+PROTOCOL_12EP = {**UTKFACE, "finetune_epochs": 8, "lr_milestones": (0.6, 0.8, 0.9), "final_iterate": "feasible_best",
+                 "el_form": "paper"}  # fmt: skip
+"""Issue #13's protocol: 4 pruning + 8 fine-tuning epochs, primal LR x0.1 at 60/80/90% of the 12 (the
+paper's schedule), feasibility-first final iterate for the constrained methods, the paper's EL."""
 GRIDS: dict[str, dict[str, Any]] = {
+    "utk_race_12ep": {
+        "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race",)},
+        "sparsities": (0.9, 0.95),
+        "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
+        "seeds": (0, 1, 2, 3, 4),
+        "selected": {},  # filled from results/select_protocol_utk_race_12ep.md
+    },
+    "utk_race_by_race_gender_12ep": {
+        "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender")},
+        "sparsities": (0.9,),
+        "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
+        "seeds": (0, 1, 2),
+        "selected": {},
+    },
     "utk_race": {
-        "base": {**UTKFACE, "target": "race", "protected": ("race",)},
+        "base": {**LEGACY, "target": "race", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0, 1, 2),
         "selected": {"ceag": {"dual_lr": 0.003}},  # results/select_utk_race.md
     },
     "utk_race_by_race_gender": {
-        "base": {**UTKFACE, "target": "race", "protected": ("race", "gender")},
+        "base": {**LEGACY, "target": "race", "protected": ("race", "gender")},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0,),
         "selected": {"ceag": {"dual_lr": 0.003}},  # results/select_utk_race_by_race_gender.md
     },
     "utk_gender_by_race": {
-        "base": {**UTKFACE, "target": "gender", "protected": ("race",)},
+        "base": {**LEGACY, "target": "gender", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
         "methods": PAPER_METHODS,
         "seeds": (0,),
         "selected": {"ceag": {"dual_lr": 0.003}},  # results/select_utk_gender_by_race.md
     },
     "utk_generalization": {
-        "base": {**UTKFACE, "target": "race", "protected": ("race",)},
+        "base": {**LEGACY, "target": "race", "protected": ("race",)},
         "sparsities": (0.9, 0.95),
         "methods": ("nft", "ceag", "ceag_heldout", "ceag_heldout_select", "ceag_two_sided", "ceag_heldout_two_sided"),
         "seeds": (0, 1, 2),
     },
     "utk_many_groups": {
-        "base": {**UTKFACE, "target": "race", "protected": ("race", "gender", "age_bucket")},
+        "base": {**LEGACY, "target": "race", "protected": ("race", "gender", "age_bucket")},
         "sparsities": (0.9,),
         "methods": ("nft", "el_rb", "ceag", "ceag_detach_overall"),
         "seeds": (0,),
@@ -71,6 +91,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     },
     "omniglot_many_groups": {
         "base": {
+            **LEGACY_PROTOCOL,
             "task": "omniglot",
             "target": "character",
             "protected": ("character",),

@@ -20,7 +20,7 @@ from ceag_cooper.problems import (
     Unconstrained,
 )
 from ceag_cooper.report import DisparityReport, plot_comparison
-from ceag_cooper.selection import Candidate, FeasibilityMonitor, average_state_dicts, select_iterate
+from ceag_cooper.selection import Candidate, FeasibilityMonitor, IterateSelector, average_state_dicts, select_iterate
 from ceag_cooper.stats import (
     GroupMetrics,
     GroupMetricsAccumulator,
@@ -44,6 +44,7 @@ __all__ = [
     "GroupMetrics",
     "GroupMetricsAccumulator",
     "GroupSpec",
+    "IterateSelector",
     "NaiveFineTuning",
     "NonFiniteError",
     "OverallMode",

@@ -153,10 +153,10 @@ class ReplayBufferStore:
         """The state tensors (ring, counts, running sums if native), e.g. to broadcast between ranks."""
         return [self._ring, self._written, *([self._sums] if self._sums is not None else [])]
 
-    def to(self, device: torch.device | str) -> ReplayBufferStore:
-        """Move the store to ``device`` in place and return it."""
+    def to(self, device: torch.device | str, *, dtype: torch.dtype | None = None) -> ReplayBufferStore:
+        """Move the store to ``device`` (and the values to ``dtype``, if given) in place and return it."""
         native.check_backend(self.backend, device)
-        self._ring = self._ring.to(device)
+        self._ring = self._ring.to(device, dtype=dtype if dtype is not None else self._ring.dtype)
         self._written = self._written.to(device)
         if self._sums is not None:
             self._sums = self._sums.to(device)

@@ -32,6 +32,15 @@ _FINETUNE_FIELDS = {
     "tolerance",
     "buffer_size",
     "dual_lr",
+    "lr_milestones",
+    "lr_gamma",
+    "margin",
+    "dual_optimizer",
+    "nupi_kp",
+    "nupi_ema",
+    "constraint_estimate",
+    "final_iterate",
+    "el_form",
 }
 _HELP = {
     "task": "utkface, adult, omniglot or synthetic",
@@ -48,6 +57,16 @@ _HELP = {
     "output_dir": "where checkpoints and results go",
     "mitigate_during_pruning": "switch the constraints on from the first step, not after pruning",
     "validation": "for choosing settings: fit on 80%% of the training split, report the other 20%% as 'test'",
+    "lr_milestones": "fractions of all pruning + fine-tuning epochs after which the primal LR is multiplied by "
+    "--lr-gamma (the paper: 0.6 0.8 0.9; none: constant LR)",
+    "margin": "CEAG enforces tolerance - margin (a fraction; 0.005 = half a point); reports still check tolerance",
+    "dual_optimizer": "multiplier optimizer: sgd (the paper) or nupi (PI controller, Cooper's nuPI)",
+    "nupi_kp": "nuPI proportional gain K_P (0 = SGD)",
+    "nupi_ema": "nuPI smoothing of the violation, in [0, 1)",
+    "constraint_estimate": "train (training pass, the paper) or eval (one extra eval-mode pass of the clean batch)",
+    "final_iterate": "last, or feasible_best: the most accurate epoch end with train max psi <= tolerance "
+    "(else the least infeasible), for constrained methods",
+    "el_form": "equalized loss: signed (L_g - L = 0) or paper (|L_g - L| = 0, the official code)",
 }
 
 
@@ -62,7 +81,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froze
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, nargs="+", default=list(default), help=help_text)
+            nargs = "*" if item.name == "lr_milestones" else "+"  # no milestones: a constant LR
+            parser.add_argument(flag, nargs=nargs, type=float if nargs == "*" else str, default=list(default),
+                                help=help_text)  # fmt: skip
         elif item.name in ("subset",):
             parser.add_argument(flag, type=int, default=default, help=help_text)
         elif default is None:

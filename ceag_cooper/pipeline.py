@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import platform
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -33,10 +35,10 @@ from ceag_cooper.problems import CEAG, EqualizedLoss, GroupFairnessProblem, TwoS
 from ceag_cooper.progress import progress_bar
 from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, check_sparsity, recalibrate_batchnorm
 from ceag_cooper.report import DisparityReport
-from ceag_cooper.selection import Candidate, FeasibilityMonitor, select_iterate
+from ceag_cooper.selection import FeasibilityMonitor, IterateSelector
 from ceag_cooper.stats import GroupMetrics, GroupMetricsAccumulator, evaluate_groups
 
-__all__ = ["METHODS", "ExperimentConfig", "load_task", "run_experiment", "train_dense"]
+__all__ = ["LEGACY_PROTOCOL", "METHODS", "ExperimentConfig", "load_task", "primal_lr", "run_experiment", "train_dense"]
 
 METHODS = (
     "nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag", "ceag_two_sided", "ceag_heldout", "ceag_heldout_select",
@@ -53,6 +55,22 @@ VALIDATION_SEED = 2024
 """Seed of the validation split (``ExperimentConfig.validation``): fixed, so that every candidate
 setting is scored on the same samples."""
 
+LEGACY_PROTOCOL: dict[str, Any] = {
+    "finetune_epochs": 4,
+    "lr_milestones": (),
+    "constraint_estimate": "train",
+    "margin": 0.0,
+    "dual_optimizer": "sgd",
+    "nupi_kp": 0.0,
+    "nupi_ema": 0.0,
+    "final_iterate": "last",
+    "el_form": "signed",
+}
+"""The fine-tuning protocol before issue #13 (constant primal LR for 4 epochs, training-mode
+estimates, no margin, SGD dual, last iterate, signed EL): the grids that ran with it set these
+values. Fields added since then are left out of :meth:`ExperimentConfig.run_name` when they hold
+these values, so the names (and result files) of those runs stay valid."""
+
 _DENSE_FIELDS = (
     "task", "target", "image_size", "model", "width", "seed", "batch_size",
     "dense_epochs", "dense_lr", "weight_decay", "augment", "subset",
@@ -61,7 +79,12 @@ _DENSE_FIELDS = (
 
 @dataclass
 class ExperimentConfig:
-    """Everything that defines one (task, sparsity, method, seed) run. Defaults: the demo's."""
+    """Everything that defines one (task, sparsity, method, seed) run. Defaults: the demo's.
+
+    The defaults are still the protocol the demo and the first grids ran with
+    (:data:`LEGACY_PROTOCOL`); issue #13's options (schedule, eval-mode estimates, margin, nuPI,
+    feasibility-first iterate, the paper's EL) are opt-in until its grid has measured them.
+    """
 
     task: str = "utkface"
     target: str = "race"
@@ -80,10 +103,29 @@ class ExperimentConfig:
     prune_epochs: int = 4
     finetune_epochs: int = 4
     lr: float = 0.01
+    lr_milestones: tuple[float, ...] = ()
+    """Fractions of the ``prune_epochs + finetune_epochs`` epochs after which the primal LR is
+    multiplied by ``lr_gamma`` (epoch ``int(m * total)`` starts decayed); empty: a constant LR. The
+    paper's schedule is ``(0.6, 0.8, 0.9)`` (issue #13's grids, ``benchmarks/run_grid.py``)."""
+    lr_gamma: float = 0.1
     method: str = "ceag"
     tolerance: float = 0.01
+    margin: float = 0.0
+    """CEAG enforces ``tolerance - margin``; ``tolerance`` stays the requirement reports check."""
     buffer_size: int = 40
     dual_lr: float = 0.01
+    dual_optimizer: str = "sgd"
+    """``"sgd"`` (the paper) or ``"nupi"`` (see :func:`ceag_cooper.build_optimizer`)."""
+    nupi_kp: float = 0.0
+    nupi_ema: float = 0.0
+    constraint_estimate: str = "train"
+    """``"train"`` or ``"eval"``: what the multiplier step sees (see ``GroupFairnessProblem``)."""
+    final_iterate: str = "last"
+    """``"last"`` or ``"feasible_best"``: constrained methods return the most accurate iterate with
+    train max ψ ≤ ε among the epoch ends at final sparsity (eval mode, the constraint data), else
+    the least infeasible one. Unconstrained methods always return the last (NFT+ES: best test)."""
+    el_form: str = "signed"
+    """Equalized loss: ``"signed"`` (L_g - L = 0) or ``"paper"`` (the official code's |L_g - L| = 0)."""
     mitigate_during_pruning: bool = False
     subset: int | None = None
     data_dir: str | None = None
@@ -103,6 +145,23 @@ class ExperimentConfig:
             raise ValueError(f"unknown method {self.method!r}; choose among {list(METHODS)}.")
         if self.prune_epochs < 1 or self.finetune_epochs < 0 or self.dense_epochs < 0:
             raise ValueError("`prune_epochs` must be >= 1, `finetune_epochs` and `dense_epochs` >= 0.")
+        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
+        if any(not 0 < m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ValueError(f"`lr_milestones` must be increasing fractions in (0, 1), got {self.lr_milestones}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"`lr_gamma` must be in (0, 1], got {self.lr_gamma}.")
+        check_non_negative_float(self.margin, "margin")
+        choices = {
+            "dual_optimizer": ("sgd", "nupi"),
+            "constraint_estimate": ("train", "eval"),
+            "final_iterate": ("last", "feasible_best"),
+            "el_form": ("signed", "paper"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if not (math.isfinite(self.nupi_kp) and self.nupi_kp >= 0 and 0 <= self.nupi_ema < 1):
+            raise ValueError(f"`nupi_kp` must be >= 0 and `nupi_ema` in [0, 1), got {self.nupi_kp}, {self.nupi_ema}.")
 
     def dense_key(self) -> str:
         """Hash of the fields that determine the dense model."""
@@ -127,6 +186,11 @@ class ExperimentConfig:
             del settings["validation"]
         if self.uses_heldout:  # their dense model no longer sees the held-out part: new runs
             settings["dense_without_heldout"] = True
+        for key, legacy in LEGACY_PROTOCOL.items():  # fields added later: left out at their old value
+            if key != "finetune_epochs" and settings[key] == legacy:
+                del settings[key]
+        if not self.lr_milestones:  # the old constant-LR runs had no schedule fields at all
+            del settings["lr_gamma"]
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:6]
         task = {"utkface": "utk"}.get(self.task, self.task)  # short: file names stay readable
         name = f"{task}-{self.target}-by-{groups}-s{round(100 * self.sparsity)}-{self.method}-seed{self.seed}"
@@ -261,22 +325,63 @@ def make_problem(
     config: ExperimentConfig, reference: GroupMetrics, start_step: int, heldout: tuple[Any, GroupMetrics] | None = None
 ) -> GroupFairnessProblem:
     """The Cooper problem of ``config.method`` (``heldout``: batches and dense reference)."""
+    estimate = {"constraint_estimate": config.constraint_estimate}
+    ceag = {"reference": reference, "tolerance": config.tolerance, "margin": config.margin, "start_step": start_step}
     if config.method == "ceag_two_sided":
-        return TwoSidedCEAG(reference=reference, tolerance=config.tolerance, buffer_size=config.buffer_size,
-                            start_step=start_step)  # fmt: skip
+        return TwoSidedCEAG(**ceag, buffer_size=config.buffer_size, **estimate)
     if config.method.startswith("ceag_heldout"):
         batches, heldout_reference = heldout
         kind = TwoSidedCEAG if config.method == "ceag_heldout_two_sided" else CEAG
-        return kind(reference=reference, tolerance=config.tolerance, buffer_size=config.buffer_size,
-                    start_step=start_step, heldout=batches, heldout_reference=heldout_reference)  # fmt: skip
+        return kind(**ceag, buffer_size=config.buffer_size, heldout=batches, heldout_reference=heldout_reference)
     if config.method in ("nft", "nft_es"):
         return Unconstrained(num_groups=reference.num_groups)
     if config.method in ("el", "el_rb"):
         buffer = config.buffer_size if config.method == "el_rb" else None
-        return EqualizedLoss(reference=reference, buffer_size=buffer, start_step=start_step)
+        return EqualizedLoss(reference=reference, buffer_size=buffer, start_step=start_step, form=config.el_form,
+                             **estimate)  # fmt: skip
     buffer = config.buffer_size if config.method in ("ceag", "ceag_detach_overall") else None
-    return CEAG(reference=reference, tolerance=config.tolerance, buffer_size=buffer, start_step=start_step,
-                detach_overall=config.method == "ceag_detach_overall")  # fmt: skip
+    return CEAG(**ceag, buffer_size=buffer, detach_overall=config.method == "ceag_detach_overall", **estimate)
+
+
+def primal_lr(config: ExperimentConfig, epoch: int) -> float:
+    """The primal learning rate of ``epoch`` (0-based, pruning epochs included).
+
+    Example:
+        >>> config = ExperimentConfig(prune_epochs=4, finetune_epochs=8, lr=0.01, lr_milestones=(0.6, 0.8, 0.9))
+        >>> [round(primal_lr(config, e), 7) for e in (0, 6, 7, 9, 10, 11)]
+        [0.01, 0.01, 0.001, 0.0001, 1e-05, 1e-05]
+    """
+    total = config.prune_epochs + config.finetune_epochs
+    decays = sum(epoch >= int(m * total) for m in config.lr_milestones)
+    return config.lr * config.lr_gamma**decays
+
+
+_ALL_GROUPS_LOGGED = 20
+"""Up to this many constraints the epoch log lists every multiplier and violation; beyond, summaries."""
+
+
+def _constraint_log(problem: GroupFairnessProblem, names: list[str], violation: torch.Tensor | None) -> dict[str, Any]:
+    """Multipliers and the last step's multiplier-side violations (psi-hat minus the enforced target)."""
+    values = problem.multiplier_values
+    if values is None:
+        return {}
+    labels = [names[i % len(names)] + ("" if i < len(names) else " (lower)") for i in range(values.numel())]
+    entry: dict[str, Any] = {"top_multipliers": _top_multipliers(problem, names)}
+    if values.numel() <= _ALL_GROUPS_LOGGED:
+        entry["multipliers"] = {n: round(float(v), 5) for n, v in zip(labels, values.tolist(), strict=True)}
+        if violation is not None:
+            entry["violations"] = {n: round(float(v), 5) for n, v in zip(labels, violation.tolist(), strict=True)}
+        return entry
+    order = values.argsort(descending=True)[:5].tolist()
+    entry["multiplier_summary"] = {
+        "sum": round(float(values.sum()), 5),
+        "max": round(float(values.max()), 5),
+        "positive": int((values > 0).sum()),
+        "top": [[labels[i], round(float(values[i]), 5)] for i in order],
+    }
+    if violation is not None:
+        entry["violation_summary"] = {"max": round(float(violation.max()), 5), "positive": int((violation > 0).sum())}
+    return entry
 
 
 def _top_multipliers(problem: GroupFairnessProblem, names: list[str], count: int = 3) -> list[list[Any]]:
@@ -285,6 +390,12 @@ def _top_multipliers(problem: GroupFairnessProblem, names: list[str], count: int
         return []
     order = values.abs().argsort(descending=True)[:count].tolist()
     return [[names[i % len(names)], round(float(values[i]), 4)] for i in order]
+
+
+def _selects_iterate(config: ExperimentConfig, problem: GroupFairnessProblem) -> bool:
+    """Whether the run returns the feasibility-first iterate instead of the last one."""
+    constrained = problem.constraint_type is not None
+    return config.method == "ceag_heldout_select" or (constrained and config.final_iterate == "feasible_best")
 
 
 def finetune(
@@ -299,10 +410,12 @@ def finetune(
     """Prune gradually and fine-tune with ``config.method``; returns model, pruner and epoch log.
 
     A checkpoint is written after every epoch (``output_dir/checkpoints/<run>.pt``); with
-    ``resume=True`` the run continues from it, bit-identically on CPU.
+    ``resume=True`` the run continues from it, bit-identically on CPU. The last log entry says
+    which iterate was returned (``"final_iterate"``) when the run selects one.
     """
     torch.manual_seed(config.seed + 1)
     model = copy.deepcopy(dense)
+    dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)  # for the epoch log only
     train, heldout = task.train, None
     if config.uses_heldout:
         # Constraints estimated on a held-out, group-stratified 20% of the training set.
@@ -321,12 +434,11 @@ def finetune(
         problem.heldout_spec = task.spec
     primal = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     pruner.attach(primal)
-    optimizer = build_optimizer(problem, primal, dual_lr=config.dual_lr)
+    optimizer = build_optimizer(problem, primal, dual_lr=config.dual_lr, **_dual_settings(config))
     names = task.spec.group_names
     best: tuple[float, dict[str, torch.Tensor]] | None = None
-    candidates: list[Candidate] = []
+    selector = IterateSelector(tolerance=config.tolerance) if _selects_iterate(config, problem) else None
     monitor = FeasibilityMonitor(names=task.spec.group_names) if problem.constraint_type is not None else None
-    states: list[dict[str, torch.Tensor]] = []
     log: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(config.seed + 2)
     checkpoint = Path(config.output_dir) / "checkpoints" / f"{config.run_name()}.pt"
@@ -337,24 +449,24 @@ def finetune(
         first, log = state["epoch"] + 1, state["extra"]["log"]
         if "best_accuracy" in state["extra"]:
             best = (state["extra"]["best_accuracy"], state["extra"]["best_state"])
-        candidates = [Candidate(*c) for c in state["extra"].get("candidates", [])]
-        states = state["extra"].get("candidate_states", [])
+        if selector is not None and "selector" in state["extra"]:
+            selector.load_state_dict(state["extra"]["selector"])
     epochs = range(first, config.prune_epochs + config.finetune_epochs)
     for epoch in progress_bar(epochs, description=f"{config.method}") if progress else epochs:
+        lr = primal_lr(config, epoch)
+        for group in primal.param_groups:
+            group["lr"] = lr
         sparsity = pruner.step(epoch + 1)
         running = GroupMetricsAccumulator(reference.num_groups)
         model.train()
         started = time.perf_counter()
         for x, y, a in train.batches(config.batch_size, seed=config.seed * 1000 + 500 + epoch):
+            clean = x
             x = _augment(x, generator) if config.augment else x
-            rollout = optimizer.roll(
-                compute_cmp_state_kwargs={
-                    "model": model,
-                    "inputs": x,
-                    "targets": y,
-                    "group_ids": task.spec.group_ids(a),
-                }
-            )
+            kwargs = {"model": model, "inputs": x, "targets": y, "group_ids": task.spec.group_ids(a)}
+            if problem.constraint_estimate == "eval":
+                kwargs["estimate_inputs"] = clean
+            rollout = optimizer.roll(compute_cmp_state_kwargs=kwargs)
             stats = rollout.cmp_state.misc["stats"]
             running.update_from_values(stats.per_sample_loss.detach(), stats.per_sample_correct, stats.group_ids)
         seconds = time.perf_counter() - started
@@ -365,33 +477,44 @@ def finetune(
         # (one forward pass, no weight change) so that eval-mode numbers describe this model.
         recalibrate_batchnorm(model, task.train.batches(512))
         train_running = DisparityReport.from_metrics(reference, running.compute())
+        train_eval = DisparityReport.from_metrics(
+            reference, evaluate_groups(model, train.batches(512), groups=task.spec)
+        )
         test_metrics = evaluate_groups(model, task.test.batches(512), groups=task.spec)
+        test_report = DisparityReport.from_metrics(dense_test, test_metrics)
         entry = {
             "epoch": epoch,
             "sparsity": round(sparsity, 4),
+            "lr": lr,
             "mitigation": problem.constraint_type is not None and problem.num_steps > problem.start_step,
             "train_loss_running": round(float(running.compute().loss), 4),
             "train_accuracy_running": round(train_running.sparse_overall, 4),
             "train_max_psi_running": round(train_running.max_psi, 4),
+            "train_accuracy": round(train_eval.sparse_overall, 4),
+            "train_max_psi": round(train_eval.max_psi, 4),
             "test_accuracy": round(float(test_metrics.accuracy), 4),
-            "top_multipliers": _top_multipliers(problem, names),
+            "test_max_psi": round(test_report.max_psi, 4),
+            **_constraint_log(problem, names, violation),
             "seconds": round(seconds, 2),
         }
         log.append(entry)
-        if config.method == "nft_es" and epoch >= config.prune_epochs - 1:
+        final_sparsity = epoch >= config.prune_epochs - 1
+        if config.method == "nft_es" and final_sparsity:
             accuracy = float(test_metrics.accuracy)
             if best is None or accuracy > best[0]:
                 best = (accuracy, {k: v.clone() for k, v in model.state_dict().items()})
-        if config.method == "ceag_heldout_select" and epoch >= config.prune_epochs - 1:
-            held_report = DisparityReport.from_metrics(
-                heldout[1], evaluate_groups(model, heldout[2].batches(512), groups=task.spec)
-            )
-            entry["heldout_accuracy"], entry["heldout_max_psi"] = held_report.sparse_overall, held_report.max_psi
-            candidates.append(Candidate(f"epoch {epoch}", held_report.sparse_overall, held_report.max_psi))
-            states.append({k: v.clone() for k, v in model.state_dict().items()})
+        if selector is not None and final_sparsity:
+            if heldout is not None:  # judged on the data the constraints were estimated on
+                judged = DisparityReport.from_metrics(
+                    heldout[1], evaluate_groups(model, heldout[2].batches(512), groups=task.spec)
+                )
+                entry["heldout_accuracy"], entry["heldout_max_psi"] = judged.sparse_overall, judged.max_psi
+            else:
+                judged = train_eval
+            selector.consider(f"epoch {epoch}", judged.sparse_overall, judged.max_psi, model.state_dict())
         extra: dict[str, Any] = {"log": log}
-        if candidates:
-            extra.update(candidates=[[c.name, c.accuracy, c.max_psi] for c in candidates], candidate_states=states)
+        if selector is not None:
+            extra["selector"] = selector.state_dict()
         if best is not None:
             extra.update(best_accuracy=best[0], best_state=best[1])
         save_checkpoint(checkpoint, **objects, counters={"epoch": epoch}, extra=extra)
@@ -399,11 +522,18 @@ def finetune(
         model.load_state_dict(best[1])
     if monitor is not None and log:
         log[-1]["never_feasible"] = monitor.never_feasible()
-    if candidates:  # constrained model selection on the held-out split
-        chosen = select_iterate(candidates, tolerance=config.tolerance)
-        model.load_state_dict(states[chosen])
-        log[-1]["selected_iterate"] = candidates[chosen].name
+    if selector is not None and selector.best_state is not None:  # feasibility first, on the constraint data
+        model.load_state_dict(selector.best_state)
+        log[-1]["selected_iterate"] = selector.best_name
+        log[-1]["final_iterate"] = selector.reason()
     return model, pruner, log
+
+
+def _dual_settings(config: ExperimentConfig) -> dict[str, Any]:
+    """``build_optimizer``'s dual-optimizer arguments of ``config``."""
+    if config.dual_optimizer == "nupi":
+        return {"dual_optimizer": "nupi", "proportional_gain": config.nupi_kp, "ema_nu": config.nupi_ema}
+    return {}
 
 
 def run_experiment(
@@ -448,7 +578,9 @@ def run_experiment(
             "torch": torch.__version__,
             "cooper": cooper.__version__,
             "python": platform.python_version(),
+            "code": code_version(),
         },
+        "final_iterate": log[-1].get("final_iterate", "last") if log else "last",
         "dense_checkpoint": str(checkpoint),
         "dense_reused": reused,
         "timings_s": {"dense": round(dense_seconds, 1), "total": round(time.perf_counter() - started, 1)},
@@ -462,6 +594,22 @@ def run_experiment(
     path.write_text(json.dumps(results, indent=2) + "\n")
     results["results_path"] = str(path)
     return results
+
+
+def code_version() -> str:
+    """The git commit of the code that runs (``+dirty`` with uncommitted changes), or ``"unknown"``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "ceag_cooper"],
+            cwd=root, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
 
 
 def with_overrides(config: ExperimentConfig, **overrides: Any) -> ExperimentConfig:

@@ -1,4 +1,4 @@
-"""Choosing the final iterate on held-out data, and warning when the constraints look infeasible."""
+"""Choosing the final iterate (feasibility first), and warning when the constraints look infeasible."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Candidate", "FeasibilityMonitor", "average_state_dicts", "select_iterate"]
+__all__ = ["Candidate", "FeasibilityMonitor", "IterateSelector", "average_state_dicts", "select_iterate"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,76 @@ class FeasibilityMonitor:
         if self._ever_feasible is None:
             return []
         return [self.names[i % len(self.names)] for i in (~self._ever_feasible).nonzero().flatten().tolist()]
+
+
+class IterateSelector:
+    """Feasibility-first choice of the final model, online: keeps one state, the best so far.
+
+    Call :meth:`consider` with each candidate iterate (e.g. at the end of every fine-tuning
+    epoch, the model evaluated in eval mode on the data its constraints were estimated on) and
+    load :attr:`best_state` at the end. The rule is :func:`select_iterate`'s (TFCO's best-iterate
+    rule): the most accurate iterate with ``max_psi <= tolerance``; if none is feasible, the one
+    with the smallest ``max_psi`` (ties: the more accurate, then the earlier). Only the best
+    state is held in memory, so the cost is one ``state_dict`` copy per improvement.
+
+    Args:
+        tolerance: ε, the requirement (not a stricter enforced target).
+
+    Example:
+        >>> selector = IterateSelector(tolerance=0.01)
+        >>> for epoch, (acc, psi) in enumerate([(0.90, 0.03), (0.86, 0.008), (0.88, 0.012)]):
+        ...     _ = selector.consider(f"epoch {epoch}", acc, psi, {"w": torch.tensor([float(epoch)])})
+        >>> selector.best_name, selector.best_state["w"].item()
+        ('epoch 1', 1.0)
+        >>> selector.reason()
+        'epoch 1: the most accurate of 1 feasible iterate(s) (max psi <= 0.01) among 3 evaluated'
+    """
+
+    def __init__(self, *, tolerance: float) -> None:
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+            raise ValueError(f"`tolerance` must be a float >= 0, got {tolerance!r}.")
+        self.tolerance = float(tolerance)
+        self.candidates: list[Candidate] = []
+        self.best_index: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def best_name(self) -> str | None:
+        """Name of the chosen iterate so far (``None`` before the first :meth:`consider`)."""
+        return self.candidates[self.best_index].name if self.best_index is not None else None
+
+    def consider(self, name: str, accuracy: float, max_psi: float, state: dict[str, torch.Tensor]) -> bool:
+        """Record a candidate; keep a copy of ``state`` if it is the best so far (returned)."""
+        self.candidates.append(Candidate(str(name), float(accuracy), float(max_psi)))
+        chosen = select_iterate(self.candidates, tolerance=self.tolerance)
+        if chosen != self.best_index:
+            self.best_index = chosen
+            self.best_state = {k: v.detach().clone() for k, v in state.items()}
+            return True
+        return False
+
+    def reason(self) -> str:
+        """Which iterate was chosen and why, in words (for reports)."""
+        if self.best_index is None:
+            return "no iterate evaluated"
+        feasible = sum(c.max_psi <= self.tolerance for c in self.candidates)
+        total = len(self.candidates)
+        if feasible:
+            why = f"the most accurate of {feasible} feasible iterate(s) (max psi <= {self.tolerance:g})"
+        else:
+            why = f"no iterate was feasible (max psi <= {self.tolerance:g}): the least infeasible"
+        return f"{self.best_name}: {why} among {total} evaluated"
+
+    def state_dict(self) -> dict[str, object]:
+        """Candidates and the best state, for checkpoints (``torch.load(weights_only=True)``-safe)."""
+        return {
+            "candidates": [[c.name, c.accuracy, c.max_psi] for c in self.candidates],
+            "best_index": self.best_index,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.candidates = [Candidate(str(n), float(a), float(p)) for n, a, p in state["candidates"]]  # type: ignore[union-attr]
+        self.best_index = state["best_index"]  # type: ignore[assignment]
+        self.best_state = state["best_state"]  # type: ignore[assignment]

@@ -62,14 +62,28 @@ def load_selector():
 
 
 def test_committed_cells_keep_their_names():
-    """Adding a config field must not rename finished cells (the grid would rerun them all)."""
-    from ceag_cooper.pipeline import ExperimentConfig
+    """Adding a config field must not rename finished cells (the grid would rerun them all).
+
+    A cell saved before a field existed ran with that field's legacy value (``LEGACY_PROTOCOL``);
+    a cell saved after has the field in its config.
+    """
+    from ceag_cooper.pipeline import LEGACY_PROTOCOL, ExperimentConfig
 
     paths = sorted((RUNNER.parent / "runs").glob("*/results/*.json"))
     assert paths, "no committed cells found"
     for path in paths:
-        config = ExperimentConfig.from_dict(json.loads(path.read_text())["config"])
+        config = ExperimentConfig.from_dict({**LEGACY_PROTOCOL, **json.loads(path.read_text())["config"]})
         assert config.run_name() == path.stem
+
+
+def test_new_protocol_fields_change_the_run_name():
+    """Negative control: a field away from its legacy value must give a new name (a new cell)."""
+    from ceag_cooper.pipeline import LEGACY_PROTOCOL, ExperimentConfig
+
+    legacy = ExperimentConfig.from_dict(dict(LEGACY_PROTOCOL))
+    for key, value in {"margin": 0.005, "constraint_estimate": "eval", "final_iterate": "feasible_best",
+                       "lr_milestones": (0.5,), "dual_optimizer": "nupi", "el_form": "paper"}.items():  # fmt: skip
+        assert ExperimentConfig.from_dict({**LEGACY_PROTOCOL, key: value}).run_name() != legacy.run_name(), key
 
 
 def test_selection_rule_on_hand_made_candidates():

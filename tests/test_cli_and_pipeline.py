@@ -84,11 +84,16 @@ def test_demo_quick_on_real_utkface(tmp_path, capsys):
     assert len(list((tmp_path / "results").glob("*.json"))) == 2
 
 
-@pytest.mark.parametrize("method", ["nft_es", "ceag_heldout_select"])
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, method):
+BOUND_OPTIONS = {"final_iterate": "feasible_best", "constraint_estimate": "eval", "margin": 0.005,
+                 "dual_optimizer": "nupi", "nupi_kp": 5.0, "nupi_ema": 0.5, "dual_lr": 0.05}  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "options"), [("nft_es", {}), ("ceag_heldout_select", {}), ("ceag", BOUND_OPTIONS)])
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, method, options):
     import ceag_cooper.pipeline as pipeline
 
-    config = ExperimentConfig(**{**TINY, "finetune_epochs": 2}, method=method, output_dir=str(tmp_path / "a"))
+    settings = {**TINY, "finetune_epochs": 2, **options}
+    config = ExperimentConfig(**settings, method=method, output_dir=str(tmp_path / "a"))
     task = load_task(config)
     uninterrupted = run_experiment(config, task=task, progress=False)
     config = ExperimentConfig.from_dict({**config.__dict__, "output_dir": str(tmp_path / "b")})
@@ -109,3 +114,4 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, me
     assert resumed["reports"] == uninterrupted["reports"]
     assert [e["epoch"] for e in resumed["log"]] == [0, 1, 2]
     assert resumed["log"][:2] == saved_log  # epochs 0-1 came from the checkpoint (their timings too)
+    assert resumed["final_iterate"] == uninterrupted["final_iterate"]

@@ -161,7 +161,7 @@ CASES = {
     "bad dual lr": (
         lambda: cc.build_optimizer(ceag(), torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), dual_lr=-1.0),
         ValueError,
-        "`dual_lr` must be a float > 0",
+        "`dual_lr` must be a finite float > 0",
     ),
 }
 

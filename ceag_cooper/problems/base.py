@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import cooper
 import torch
@@ -20,7 +20,11 @@ from ceag_cooper.groups import GroupSpec
 from ceag_cooper.native import Backend, check_backend
 from ceag_cooper.stats import GroupMetrics, LossFn, group_loss_accuracy, per_sample_loss_and_correct
 
-__all__ = ["BatchStatistics", "GroupFairnessProblem"]
+__all__ = ["BatchStatistics", "ConstraintEstimate", "GroupFairnessProblem"]
+
+ConstraintEstimate = Literal["train", "eval"]
+"""Where the multiplier step's statistics come from: the training forward pass (``"train"``) or
+one extra no-grad forward of the clean batch with the model in eval mode (``"eval"``)."""
 
 
 @dataclass
@@ -85,6 +89,14 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         skip_nonfinite: instead of raising, skip a batch whose loss is NaN/inf: no model step,
             no multiplier step, nothing fed to the buffers; counted in ``skipped_steps``. This
             reads one value back to the host per step (a sync on accelerators).
+        constraint_estimate: what the multiplier step (and the replay buffers) see. ``"train"``
+            (default, the paper): the statistics of the training forward pass, i.e. training-mode
+            BatchNorm/dropout on the (possibly augmented) batch. ``"eval"``: one extra forward,
+            without gradient and with the model in eval mode, of ``estimate_inputs`` (the clean,
+            unaugmented batch; default ``inputs``): the same kind of measurement as the final
+            report (eval mode on the unaugmented data), at the cost of one forward pass per step.
+            The model step always uses the training pass's differentiable proxy. Requires calling
+            with ``model`` and ``inputs``. Held-out estimation (``heldout=``) is always eval mode.
         backend: ``"torch"`` (default; vectorized operators, any device) or ``"native"``
             (fused C++ kernels for the batch statistics and buffers, CPU only, compiled on first
             use; see :mod:`ceag_cooper.native`). Both give the same numbers for CEAG's 0/1
@@ -120,9 +132,13 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         heldout: Iterable | None = None,
         heldout_reference: GroupMetrics | None = None,
         heldout_spec: GroupSpec | None = None,
+        constraint_estimate: ConstraintEstimate = "train",
         backend: Backend = "torch",
     ) -> None:
         super().__init__()
+        if constraint_estimate not in ("train", "eval"):
+            raise ValueError(f"`constraint_estimate` must be 'train' or 'eval', got {constraint_estimate!r}.")
+        self.constraint_estimate = constraint_estimate
         if reference is None and self.requires_reference:
             raise ValueError(
                 f"{type(self).__name__} needs `reference`: the dense model's GroupMetrics, e.g. "
@@ -249,6 +265,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         group_ids: torch.Tensor | None = None,
         *,
         logits: torch.Tensor | None = None,
+        estimate_inputs: Any = None,
     ) -> cooper.CMPState:
         """Loss and constraint states of one batch.
 
@@ -259,6 +276,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             targets: ``(N,)`` class indices.
             group_ids: ``(N,)`` or ``(N, M)`` group ids (see :class:`GroupSpec`).
             logits: precomputed ``(N, C)`` outputs, instead of ``model`` and ``inputs``.
+            estimate_inputs: with ``constraint_estimate="eval"``, the unaugmented version of
+                ``inputs`` (same samples, same order) that the eval-mode estimate evaluates;
+                default ``inputs``.
 
         Returns:
             A :class:`cooper.CMPState`; ``misc["stats"]`` holds the :class:`BatchStatistics`,
@@ -280,7 +300,23 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
         # The multiplier side sees held-out batches if given, and under torch.distributed the
         # union of all ranks' batches.
-        dual_stats = self._heldout_statistics(model, inputs) if self.heldout is not None else stats
+        if self.heldout is not None:
+            dual_stats = self._heldout_statistics(model, inputs)
+        elif self.constraint_estimate == "eval":
+            if model is None:
+                raise ValueError(
+                    "constraint_estimate='eval' evaluates the model on the clean batch: call compute_cmp_state "
+                    "with `model` and `inputs` (not precomputed `logits`)."
+                )
+            clean_logits = self._eval_logits(model, inputs if estimate_inputs is None else estimate_inputs)
+            if clean_logits.shape[0] != logits.shape[0]:
+                raise ValueError(
+                    f"`estimate_inputs` gave {clean_logits.shape[0]} outputs for a batch of {logits.shape[0]}: "
+                    "pass the same samples as `inputs`, unaugmented, in the same order."
+                )
+            dual_stats = self.batch_statistics(clean_logits, targets, stats.group_ids)
+        else:
+            dual_stats = stats
         global_stats = self._all_ranks(dual_stats) if distributed.is_distributed() else dual_stats
         active = self.mitigation_active
         self.update_estimates(global_stats)
@@ -290,8 +326,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             return cooper.CMPState(loss=stats.loss, misc=misc)
         proxy, proxy_observed = self._checked(self.proxy_violations(stats), "proxy_violations")
         strict, strict_observed = self._checked(self.strict_violations(global_stats), "strict_violations")
-        violation = torch.where(proxy_observed, proxy, torch.zeros_like(proxy))
-        strict_violation = torch.where(strict_observed, strict, torch.zeros_like(strict)).detach()
+        dtype = self.fairness.multiplier.weight.dtype  # e.g. float32 buffers under a float64 problem
+        violation = torch.where(proxy_observed, proxy, torch.zeros_like(proxy)).to(dtype)
+        strict_violation = torch.where(strict_observed, strict, torch.zeros_like(strict)).detach().to(dtype)
         if self.check_finite:
             check_finite(strict_violation, f"the strict violation at step {self.num_steps - 1}")
         misc.update(strict_violation=strict_violation, observed=strict_observed)
@@ -340,13 +377,18 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             )
         x, targets, group_ids = self._next_heldout()
         device = inputs.device if isinstance(inputs, torch.Tensor) else self.device
+        return self.batch_statistics(self._eval_logits(model, x.to(device)), targets, group_ids)
+
+    @staticmethod
+    @torch.no_grad()
+    def _eval_logits(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        """``model(inputs)`` in eval mode, without gradient (the model's mode is restored)."""
         was_training = model.training
         model.eval()
         try:
-            logits = model(x.to(device))
+            return model(inputs)
         finally:
             model.train(was_training)
-        return self.batch_statistics(logits, targets, group_ids)
 
     def _all_ranks(self, stats: BatchStatistics) -> BatchStatistics:
         """The batch statistics of all ranks together (detached), identical on every rank.
@@ -437,15 +479,15 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             "num_groups": self.num_groups,
             "num_constraints": self.num_constraints() if self.constraint_type is not None else 0,
             "start_step": self.start_step,
+            "constraint_estimate": self.constraint_estimate,
         }
 
     def to(self, *args: Any, **kwargs: Any) -> GroupFairnessProblem:
         """Move multipliers, reference and buffers (``problem.to("cuda")``)."""
         super().to(*args, **kwargs)
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        if device is None:  # a dtype-only call: nothing else to move
-            return self
-        device = torch.empty(0, device=device).device
+        # A dtype-only call converts the multipliers (above) and the buffers (below), in place.
+        device = self.device if device is None else torch.empty(0, device=device).device
         check_backend(self.backend, device)
         self.device = device
         if self.reference is not None:

@@ -11,7 +11,7 @@ from ceag_cooper._validation import check_non_negative_float, check_positive_int
 from ceag_cooper.buffers import ReplayBufferStore
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.native import Backend
-from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
+from ceag_cooper.problems.base import BatchStatistics, ConstraintEstimate, GroupFairnessProblem
 from ceag_cooper.stats import GroupMetrics, LossFn
 
 __all__ = ["CEAG", "OverallMode", "TwoSidedCEAG", "weighted_overall"]
@@ -58,15 +58,24 @@ class CEAG(GroupFairnessProblem):
     *unweighted* mean of the observed groups' accuracies, compared with the reference's
     overall dense accuracy. It is biased when groups are imbalanced; use it only to reproduce.
 
+    ``margin=m`` enforces the stricter target :math:`\psi_g \le \epsilon - m` in the multiplier
+    step, while :attr:`tolerance` stays the requirement that reports check. A Lagrangian method
+    settles *on* the boundary it enforces, and the estimate it enforces (a replay buffer of
+    ``k`` samples, a training-mode pass) differs from the final measurement by noise of a point or
+    more on small groups: without a margin about half of the final models land just above ε.
+
     Args:
         reference: the dense model's :class:`GroupMetrics` on the training set (required).
-        tolerance: :math:`\epsilon \ge 0`, as a fraction (0.01 = one accuracy point).
+        tolerance: :math:`\epsilon \ge 0`, as a fraction (0.01 = one accuracy point): the
+            requirement.
+        margin: :math:`m \ge 0`, as a fraction: the multipliers enforce :math:`\epsilon - m`
+            (default 0, the paper).
         buffer_size: ``k``, per-group replay buffer length; ``None`` disables the buffers.
         overall: ``"population"`` (default) or ``"balanced"`` (see above).
         detach_overall: no gradient through the proxy's overall term (see above); default
             ``False``, the paper's proxy.
         loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_reference,
-            heldout_spec, backend: see :class:`GroupFairnessProblem`.
+            heldout_spec, constraint_estimate, backend: see :class:`GroupFairnessProblem`.
 
     Example:
         >>> import torch
@@ -89,6 +98,7 @@ class CEAG(GroupFairnessProblem):
         *,
         reference: GroupMetrics,
         tolerance: float = 0.01,
+        margin: float = 0.0,
         buffer_size: int | None = 40,
         overall: OverallMode = "population",
         detach_overall: bool = False,
@@ -100,6 +110,7 @@ class CEAG(GroupFairnessProblem):
         heldout: Iterable | None = None,
         heldout_reference: GroupMetrics | None = None,
         heldout_spec: GroupSpec | None = None,
+        constraint_estimate: ConstraintEstimate = "train",
         backend: Backend = "torch",
     ) -> None:
         if heldout is not None and heldout_reference is None:
@@ -108,6 +119,7 @@ class CEAG(GroupFairnessProblem):
                 "e.g. evaluate_groups(dense_model, heldout_loader, groups=spec)."
             )
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
+        self.margin = check_non_negative_float(margin, "margin")
         if buffer_size is not None:
             check_positive_int(buffer_size, "buffer_size")
         if overall not in ("population", "balanced"):
@@ -127,6 +139,7 @@ class CEAG(GroupFairnessProblem):
             heldout=heldout,
             heldout_reference=heldout_reference,
             heldout_spec=heldout_spec,
+            constraint_estimate=constraint_estimate,
             backend=backend,
         )
         self.buffers = (
@@ -146,9 +159,14 @@ class CEAG(GroupFairnessProblem):
         overall = stats.loss.detach() if self.detach_overall else stats.loss
         return (stats.group_loss - ref.group_loss) - (overall - ref.loss)
 
+    @property
+    def target(self) -> float:
+        """The bound the multipliers enforce: ``tolerance - margin``."""
+        return self.tolerance - self.margin
+
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy excess gaps of the present groups, minus the tolerance."""
-        return self.proxy_gaps(stats) - self.tolerance, stats.present
+        """Cross-entropy excess gaps of the present groups, minus the enforced target."""
+        return self.proxy_gaps(stats) - self.target, stats.present
 
     def excess_accuracy_gaps(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Estimated :math:`\hat\psi_g` (without the tolerance) and which groups are observed."""
@@ -174,15 +192,16 @@ class CEAG(GroupFairnessProblem):
         return gaps, observed
 
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
-        """Accuracy excess gaps minus the tolerance, from buffers or the batch."""
+        """Accuracy excess gaps minus the enforced target, from buffers or the batch."""
         gaps, observed = self.excess_accuracy_gaps(stats)
-        return gaps - self.tolerance, observed
+        return gaps - self.target, observed
 
     def config(self) -> dict[str, Any]:
         """See :meth:`GroupFairnessProblem.config`; adds tolerance, buffer size and mode."""
         return {
             **super().config(),
             "tolerance": self.tolerance,
+            "margin": self.margin,
             "buffer_size": self.buffer_size,
             "overall": self.overall,
         }
@@ -199,7 +218,7 @@ class CEAG(GroupFairnessProblem):
 
     def _move_extra_state(self, device: torch.device) -> None:
         if self.buffers is not None:
-            self.buffers.to(device)
+            self.buffers.to(device, dtype=self.fairness.multiplier.weight.dtype)
 
 
 class TwoSidedCEAG(CEAG):
@@ -226,9 +245,9 @@ class TwoSidedCEAG(CEAG):
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi~ - eps, -psi~ - eps]`` on the present groups."""
         gaps = self.proxy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self.tolerance, stats.present.repeat(2)
+        return torch.cat([gaps, -gaps]) - self.target, stats.present.repeat(2)
 
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi^ - eps, -psi^ - eps]`` on the observed groups."""
         gaps, observed = self.excess_accuracy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self.tolerance, observed.repeat(2)
+        return torch.cat([gaps, -gaps]) - self.target, observed.repeat(2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import cooper
 import torch
@@ -12,7 +12,7 @@ from ceag_cooper._validation import check_non_negative_float, check_positive_int
 from ceag_cooper.buffers import ReplayBufferStore
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.native import Backend
-from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
+from ceag_cooper.problems.base import BatchStatistics, ConstraintEstimate, GroupFairnessProblem
 from ceag_cooper.problems.ceag import weighted_overall
 from ceag_cooper.stats import GroupMetrics, LossFn
 
@@ -31,13 +31,21 @@ class EqualizedLoss(GroupFairnessProblem):
     With ``absolute=True`` the constraints become inequalities :math:`|L_g - L| \le \epsilon`
     (non-negative multipliers); otherwise they are equalities (multipliers of either sign).
 
+    ``form="paper"`` is what the paper's official code runs in every configuration
+    (``abs_equality_constraint=True``): *equality* constraints whose violation is
+    :math:`|L_g - L|` (always :math:`\ge 0`, so every observed multiplier only grows), and, with
+    buffers, an *unweighted* overall: the mean of the observed groups' buffered losses.
+    ``form="signed"`` (default) is :math:`L_g - L` with the population-weighted overall above.
+
     Args:
         num_groups: number of groups (or give ``reference``).
         reference: optional dense :class:`GroupMetrics` (only its population shares are used).
         buffer_size: ``k`` for loss replay buffers; ``None`` (default) uses the batch.
         absolute: use :math:`|L_g - L| - \epsilon \le 0` instead of equalities.
         tolerance: :math:`\epsilon` for ``absolute=True`` (must stay 0 otherwise).
-        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_spec, backend: see
+        form: ``"signed"`` (default) or ``"paper"`` (see above; not with ``absolute=True``).
+        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_spec,
+            constraint_estimate, backend: see
             :class:`GroupFairnessProblem` (held-out batches then drive the multiplier step).
 
     Example:
@@ -57,6 +65,7 @@ class EqualizedLoss(GroupFairnessProblem):
         buffer_size: int | None = None,
         absolute: bool = False,
         tolerance: float = 0.0,
+        form: Literal["signed", "paper"] = "signed",
         loss_fn: LossFn | None = None,
         start_step: int = 0,
         device: torch.device | str | None = None,
@@ -64,8 +73,14 @@ class EqualizedLoss(GroupFairnessProblem):
         skip_nonfinite: bool = False,
         heldout: Iterable | None = None,
         heldout_spec: GroupSpec | None = None,
+        constraint_estimate: ConstraintEstimate = "train",
         backend: Backend = "torch",
     ) -> None:
+        if form not in ("signed", "paper"):
+            raise ValueError(f"`form` must be 'signed' or 'paper', got {form!r}.")
+        if form == "paper" and absolute:
+            raise ValueError("`form='paper'` is the paper's |L_g - L| = 0 equality form; it excludes `absolute=True`.")
+        self.form = form
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         if not absolute and self.tolerance != 0.0:
             raise ValueError("`tolerance` needs `absolute=True`: equality constraints L_g - L = 0 have no tolerance.")
@@ -84,6 +99,7 @@ class EqualizedLoss(GroupFairnessProblem):
             skip_nonfinite=skip_nonfinite,
             heldout=heldout,
             heldout_spec=heldout_spec,
+            constraint_estimate=constraint_estimate,
             backend=backend,
         )
         self.buffers = (
@@ -94,6 +110,8 @@ class EqualizedLoss(GroupFairnessProblem):
         self._seen_counts = torch.zeros(self.num_groups, device=self.device)
 
     def _shape(self, gaps: torch.Tensor) -> torch.Tensor:
+        if self.form == "paper":
+            return gaps.abs()
         return gaps.abs() - self.tolerance if self.absolute else gaps
 
     def update_estimates(self, stats: BatchStatistics) -> None:
@@ -111,8 +129,11 @@ class EqualizedLoss(GroupFairnessProblem):
         if self.buffers is None:
             return self._shape(stats.group_loss.detach() - stats.loss.detach()), stats.present
         group_loss, observed = self.buffers.query()
-        shares = self.reference.population_share if self.reference is not None else self._seen_counts
-        overall = weighted_overall(group_loss, observed.to(group_loss.dtype) * shares)
+        if self.form == "paper":  # the official code: unweighted mean over the observed groups
+            shares = torch.ones_like(self._seen_counts)
+        else:
+            shares = self.reference.population_share if self.reference is not None else self._seen_counts
+        overall = weighted_overall(group_loss, observed.to(group_loss.dtype) * shares.to(group_loss.dtype))
         return self._shape(group_loss - overall), observed
 
     def config(self) -> dict[str, Any]:
@@ -122,6 +143,7 @@ class EqualizedLoss(GroupFairnessProblem):
             "buffer_size": self.buffer_size,
             "absolute": self.absolute,
             "tolerance": self.tolerance,
+            "form": self.form,
         }
 
     def _extra_state(self) -> dict[str, Any]:
@@ -140,5 +162,5 @@ class EqualizedLoss(GroupFairnessProblem):
 
     def _move_extra_state(self, device: torch.device) -> None:
         if self.buffers is not None:
-            self.buffers.to(device)
+            self.buffers.to(device, dtype=self.fairness.multiplier.weight.dtype)
         self._seen_counts = self._seen_counts.to(device)

@@ -1,0 +1,158 @@
+"""Choose CEAG's fine-tuning options (issue #13) for a grid's task without reading its test split.
+
+Every candidate runs in the pipeline's *validation* mode (``ExperimentConfig.validation``): the
+dense model and the fine-tuning see a group-stratified 80% of the training split (the "fitted"
+part: the data the constraints are estimated on) and the other 20% is scored as if it were the
+test split. NFT runs on the same splits with the same schedule.
+
+Rule, fixed before any run (``RULE``): a candidate is *accurate enough* when its mean validation
+accuracy over the seeds is within ``--accuracy-slack`` (1 point) of NFT's. Order the candidates
+by (accurate enough first, then the most seeds whose final model has max ψ ≤ ε on the fitted part
+in eval mode, then the smallest mean validation max ψ) and take the first. ε is the requirement
+(1 point), not a knob.
+
+    python benchmarks/select_protocol.py --grid utk_race_12ep               # ~35 min on 2 cores
+    python benchmarks/select_protocol.py --grid quick --output /tmp/s --seeds 0   # seconds (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_grid import GRIDS, RESULTS_DIR, RUNS_DIR
+
+from ceag_cooper.pipeline import ExperimentConfig, load_task, run_experiment
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "train estimates": {"constraint_estimate": "train"},
+    "eval estimates": {"constraint_estimate": "eval"},
+    "eval, margin 0.5": {"constraint_estimate": "eval", "margin": 0.005},
+    "eval, margin 0.5, dual lr 0.03": {"constraint_estimate": "eval", "margin": 0.005, "dual_lr": 0.03},
+    "eval, margin 0.5, nuPI": {
+        "constraint_estimate": "eval",
+        "margin": 0.005,
+        "dual_optimizer": "nupi",
+        "nupi_kp": 50.0,
+        "nupi_ema": 0.9,
+    },
+}
+"""CEAG candidates (overrides of the grid's base, which sets the schedule and the selection of the
+final iterate); dual lr 0.01 with SGD unless said otherwise."""
+RULE = (
+    "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
+    "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
+)
+
+
+def _scores(result: dict[str, Any]) -> dict[str, float]:
+    held, fit = result["reports"]["test"]["overall"], result["reports"]["train"]["overall"]
+    return {"validation_accuracy": held["sparse_accuracy"], "validation_max_psi": held["max_psi"],
+            "fit_accuracy": fit["sparse_accuracy"], "fit_max_psi": fit["max_psi"]}  # fmt: skip
+
+
+def summarize(name: str, results: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """Per-seed scores and their means for one candidate."""
+    scores = [_scores(r) for r in results]
+    row: dict[str, Any] = {"name": name, "seeds": [r["config"]["seed"] for r in results], "per_seed": scores}
+    for key in scores[0]:
+        row[key] = statistics.mean(s[key] for s in scores)
+    row["fit_feasible_seeds"] = sum(s["fit_max_psi"] <= tolerance for s in scores)
+    row["final_iterates"] = [r.get("final_iterate", "last") for r in results]
+    return row
+
+
+def choose(rows: list[dict[str, Any]], nft_accuracy: float, slack: float) -> dict[str, Any]:
+    """The documented rule (``RULE``)."""
+    return min(
+        rows,
+        key=lambda r: (
+            r["validation_accuracy"] < nft_accuracy - slack,
+            -r["fit_feasible_seeds"],
+            r["validation_max_psi"],
+        ),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the candidates (finished ones are reused) and write ``select_protocol_<grid>.{json,md}``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=sorted(GRIDS), required=True)
+    parser.add_argument("--sparsity", type=float, default=None, help="default: the grid's first")
+    parser.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--accuracy-slack", type=float, default=0.01)
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    grid = GRIDS[args.grid]
+    base = {**grid["base"], "validation": True, "sparsity": args.sparsity or grid["sparsities"][0]}
+    base["output_dir"] = str(RUNS_DIR / f"select_{args.grid}") if args.output == RESULTS_DIR else str(args.output)
+    if args.data_dir:
+        base["data_dir"] = args.data_dir
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "benchmarks/select_protocol.py", *given])
+    plan = {"NFT": {"method": "nft"}, **{name: {"method": "ceag", **CANDIDATES[name]} for name in args.candidates}}
+    task, results = None, {name: [] for name in plan}
+    for seed in args.seeds:  # seeds outermost: one dense model per seed
+        for name, overrides in plan.items():
+            config = ExperimentConfig.from_dict({**base, **overrides, "seed": seed})
+            path = Path(config.output_dir) / "results" / f"{config.run_name()}.json"
+            if path.exists():
+                results[name].append(json.loads(path.read_text()))
+                continue
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                task = task or load_task(config)
+                results[name].append(run_experiment(config, task=task, progress=False, resume=True))
+            print(f"{name}, seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    tolerance = results["NFT"][0]["config"]["tolerance"]
+    nft = summarize("NFT", results.pop("NFT"), tolerance)
+    rows = [summarize(name, runs, tolerance) for name, runs in results.items()]
+    chosen = choose(rows, nft["validation_accuracy"], args.accuracy_slack)
+    payload = {"grid": args.grid, "command": command, "rule": RULE, "tolerance": tolerance,
+               "settings": {k: base[k] for k in ("sparsity", "validation")}, "seeds": list(args.seeds),
+               "candidates_overrides": {n: CANDIDATES[n] for n in args.candidates}, "nft": nft,
+               "candidates": rows, "chosen": chosen["name"]}  # fmt: skip
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"select_protocol_{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    lines = [
+        f"# CEAG's fine-tuning options for grid `{args.grid}`, chosen on a held-out 20% of the training set",
+        "",
+        f"Sparsity {100 * base['sparsity']:g}%, seeds {', '.join(map(str, args.seeds))}, ε = {100 * tolerance:g} "
+        f"point(s); every run has the grid's schedule and returns its feasibility-first iterate. Rule, fixed "
+        f"before any run: {RULE} Means over seeds, accuracy points.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "| run | settings | validation acc | validation max ψ | fitted acc | fitted max ψ | fitted max ψ ≤ ε |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in [nft, *rows]:
+        mark = " **(chosen)**" if row is chosen else ""
+        settings = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(row["name"], {}).items()) or "–"
+        lines.append(
+            f"| {row['name']}{mark} | {settings} | {100 * row['validation_accuracy']:.2f} "
+            f"| {100 * row['validation_max_psi']:.2f} | {100 * row['fit_accuracy']:.2f} "
+            f"| {100 * row['fit_max_psi']:.2f} | {row['fit_feasible_seeds']}/{len(row['seeds'])} |"
+        )
+    (args.output / f"select_protocol_{args.grid}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
