@@ -46,14 +46,12 @@ GRIDS: dict[str, dict[str, Any]] = {
         "sparsities": (0.9, 0.95),
         "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
         "seeds": (0, 1, 2, 3, 4),
-        "selected": {},  # filled from results/select_protocol_utk_race_12ep.md
     },
     "utk_race_by_race_gender_12ep": {
         "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender")},
         "sparsities": (0.9,),
         "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
         "seeds": (0, 1, 2),
-        "selected": {},
     },
     "utk_race": {
         "base": {**LEGACY, "target": "race", "protected": ("race",)},

@@ -207,3 +207,38 @@ def test_each_grid_runs_with_the_dual_lr_chosen_for_its_task_on_held_out_data():
         selection = json.loads(path.read_text())
         method = selection.get("method", "ceag")  # the first selection file predates the field
         assert grid.get("selected") == {method: {"dual_lr": selection["chosen_dual_lr"]}}, name
+
+
+def test_protocol_selection_rule_on_hand_made_candidates():
+    select = load_module("select_protocol")
+
+    def row(name, acc, feasible, psi):
+        return {"name": name, "validation_accuracy": acc, "fit_feasible_seeds": feasible, "validation_max_psi": psi}
+
+    rows = [row("a", 0.80, 2, 0.03), row("b", 0.795, 1, 0.01), row("c", 0.70, 2, 0.001), row("d", 0.80, 2, 0.02)]
+    assert select.choose(rows, nft_accuracy=0.805, slack=0.01)["name"] == "d"  # most feasible, then smaller psi
+    assert select.choose(rows[1:3], nft_accuracy=0.805, slack=0.01)["name"] == "b"  # accurate enough first
+    assert select.choose(rows[2:3], nft_accuracy=0.805, slack=0.01)["name"] == "c"  # none close: still one
+
+
+def test_quick_protocol_selection_never_reads_the_test_split(tmp_path, monkeypatch):
+    import ceag_cooper.pipeline as pipeline
+
+    select = load_module("select_protocol")
+    loaded = []
+    real_load = pipeline.load_task
+
+    def spy(config):
+        assert config.validation, "a candidate was loaded outside validation mode"
+        task = real_load(config)
+        loaded.append(task)
+        return task
+
+    monkeypatch.setattr(select, "load_task", spy)
+    args = ["--grid", "quick", "--output", str(tmp_path), "--seeds", "0", "--candidates", "eval estimates"]
+    payload = select.main(args)
+    assert payload["chosen"] == "eval estimates"
+    assert [c["name"] for c in payload["candidates"]] == ["eval estimates"]
+    assert "(chosen)" in (tmp_path / "select_protocol_quick.md").read_text()
+    full = real_load(pipeline.ExperimentConfig.from_dict({**select.GRIDS["quick"]["base"], "seed": 0}))
+    assert len(loaded[0].train) + len(loaded[0].test) == len(full.train)
