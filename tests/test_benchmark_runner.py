@@ -43,6 +43,17 @@ def test_quick_grid_runs_aggregates_and_resumes(tmp_path, capsys):
     paths = plotter.main(["--grid", "quick", "--results", str(tmp_path), "--figures", str(tmp_path / "fig")])
     assert [p.name for p in paths] == ["quick_psi_by_group.png", "quick_max_psi_vs_sparsity.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    # The README's issue-#13 section, fed this payload as if it were the 12-epoch grid's.
+    readme_results = load_module("readme_results")
+    (tmp_path / "utk_race_12ep.json").write_text(json.dumps(payload))
+    lines = readme_results.bound_section(tmp_path)
+    assert any("in progress: 4 of 50 cells" in line for line in lines)
+    last = [line for line in lines if "CEAG, last iterate" in line]
+    assert len(last) == 1
+    cells = [c for c in payload["cells"] if c["config"]["method"] == "ceag"]
+    expected = runner.mean_std([c["log"][-1]["train_max_psi"] for c in cells])
+    assert last[0].split(" | ")[4] == expected  # the last epoch's eval-mode train max psi, from the logs
+    assert any(line.startswith("- 90%: train max ψ ≤ ε on ") for line in lines)
     with pytest.raises(SystemExit, match="no cells for method"):
         plotter.main(["--grid", "quick", "--results", str(tmp_path), "--figures", str(tmp_path), "--methods", "el"])
 
