@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import cooper
 import numpy as np
 import torch
 
@@ -132,7 +133,9 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; check the path (or start the run afresh).")
     try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
+        # nuPI's optimizer state names its initialization scheme by an enum: allowed, nothing else.
+        with torch.serialization.safe_globals([cooper.optim.nuPIInitType]):
+            payload = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # truncated zip, foreign pickle...
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); it may be truncated. "

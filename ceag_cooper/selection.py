@@ -118,6 +118,23 @@ class FeasibilityMonitor:
                     )
         self._last = (multipliers, violations)
 
+    def state_dict(self) -> dict[str, object]:
+        """What the monitor has seen, for checkpoints (``torch.load(weights_only=True)``-safe)."""
+        return {
+            "last": list(self._last) if self._last is not None else None,
+            "streak": self._streak,
+            "ever_feasible": self._ever_feasible,
+            "warned": sorted(self._warned),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore :meth:`state_dict` output, so that a resumed run reports the same groups."""
+        last = state["last"]
+        self._last = (last[0], last[1]) if last is not None else None  # type: ignore[index]
+        self._streak = state["streak"]  # type: ignore[assignment]
+        self._ever_feasible = state["ever_feasible"]  # type: ignore[assignment]
+        self._warned = set(state["warned"])  # type: ignore[arg-type]
+
     def never_feasible(self) -> list[str]:
         """Names of the constraints never observed feasible (violation <= 0)."""
         if self._ever_feasible is None:

@@ -297,3 +297,37 @@ def test_epoch_log_summarizes_many_constraints():
     assert [name for name, _ in summary["top"]] == ["g29", "g28", "g27", "g26", "g25"]
     assert entry["violation_summary"]["positive"] == int((violation > 0).sum())
     assert "multipliers" not in entry
+
+
+def test_feasibility_monitor_resumes_exactly():
+    """Regression (issue #16 item 5): a resumed run must report the same never-feasible groups."""
+    from ceag_cooper.selection import FeasibilityMonitor
+
+    steps = [(torch.tensor([0.1 * t, 0.0, 0.2]), torch.tensor([0.05, -0.01 if t == 2 else 0.02, 0.03]))
+             for t in range(6)]  # fmt: skip
+    whole = FeasibilityMonitor(names=["a", "b", "c"], patience=3)
+    first = FeasibilityMonitor(names=["a", "b", "c"], patience=3)
+
+    def feed(monitor, chunk):
+        for m, v in chunk:
+            monitor.update(m, v)
+
+    with pytest.warns(UserWarning, match="constraint 'a'"):
+        feed(whole, steps)
+    feed(first, steps[:3])
+    state = torch.load(_roundtrip(first.state_dict()), weights_only=True)
+    resumed = FeasibilityMonitor(names=["a", "b", "c"], patience=3)
+    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match="constraint 'a'"):
+        feed(resumed, steps[3:])
+    assert resumed.never_feasible() == whole.never_feasible() == ["a", "c"]
+    assert FeasibilityMonitor(names=["a", "b", "c"]).never_feasible() == []
+
+
+def _roundtrip(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
