@@ -65,7 +65,8 @@ def test_utkface_loads_real_images_from_an_extracted_folder(tmp_path, utkface_na
     (folder / "30_0_1_20170101000000000.jpg.chip.jpg").write_bytes(b"not a jpeg")  # unreadable
     with pytest.warns(UserWarning, match=r"skipped \d+ file\(s\) whose names lack labels .* and 1 unreadable"):
         data = load_utkface(tmp_path, split="all", target="gender", protected=("race", "age_bucket"),
-                            size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
+                            size=16, cache_dir=tmp_path / "cache", workers=1, progress=False,
+                            expected_files=None)  # fmt: skip
     names = sorted(n for n in wanted if parse_name(n) is not None)
     assert len(data) == len(names)
     expected = torch.tensor([parse_name(n)[1] for n in names])
@@ -78,19 +79,25 @@ def test_utkface_loads_real_images_from_an_extracted_folder(tmp_path, utkface_na
     # The second load comes from the cache (no decoding): same tensors.
     with pytest.warns(UserWarning, match="skipped"):
         again = load_utkface(tmp_path, split="all", target="gender", protected=("race", "age_bucket"),
-                             size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
+                             size=16, cache_dir=tmp_path / "cache", workers=1, progress=False,
+                             expected_files=None)  # fmt: skip
     assert torch.equal(again.inputs, data.inputs)
     # A cache written by another version (or truncated) is rebuilt, with a warning, not trusted.
     (cache,) = (tmp_path / "cache").glob("utkface-*-16px.pt")
     torch.save({"format": -1}, cache)
     with pytest.warns(UserWarning, match="written by another version"):
         rebuilt = load_utkface(tmp_path, split="all", target="gender", protected=("race", "age_bucket"),
-                               size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
+                               size=16, cache_dir=tmp_path / "cache", workers=1, progress=False,
+                               expected_files=None)  # fmt: skip
     assert torch.equal(rebuilt.inputs, data.inputs)
     cache.write_bytes(b"truncated")
     with pytest.warns(UserWarning, match="unreadable"):
         load_utkface(tmp_path, split="all", target="gender", protected=("race",), size=16,
-                     cache_dir=tmp_path / "cache", workers=1, progress=False)  # fmt: skip
+                     cache_dir=tmp_path / "cache", workers=1, progress=False, expected_files=None)  # fmt: skip
+    # Without expected_files=None the same partial folder is refused, not loaded as a fraction.
+    with pytest.raises(ValueError, match=r"holds 22 image files, the official UTKFace release 23,708"):
+        load_utkface(tmp_path, split="all", protected=("gender",), size=16, cache_dir=tmp_path / "cache",
+                     workers=1, progress=False)  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore:the target 'race' is also a protected attribute")
@@ -106,7 +113,7 @@ def test_utkface_bad_arguments(tmp_path):
     broken = tmp_path / "broken" / "utkface"
     broken.mkdir(parents=True)
     (broken / "UTKFace.tar.gz").write_bytes(b"\x1f\x8b truncated")
-    with pytest.raises(ValueError, match=r"not a readable \.tar\.gz"):
+    with pytest.raises(ValueError, match=r"not a complete, readable \.tar\.gz"):
         load_utkface(tmp_path / "broken", cache_dir=tmp_path / "cache", progress=False)
 
 
@@ -176,3 +183,53 @@ def test_fairface_csv_and_image_folder_fixture(tmp_path):
     assert data.targets.tolist() == [0, 1, 1]
     assert data.attributes.tolist() == [[0, 3], [3, 1], [5, 8]]
     assert data.inputs.shape == (3, 3, 8, 8)
+
+
+def _utkface_archive(path, count, *, seed=0):
+    """A .tar.gz in UTKFace's layout with ``count`` random, labelled JPEGs (incompressible pixels)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as archive:
+        for i in range(count):
+            data = png_bytes(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+            info = tarfile.TarInfo(f"UTKFace/{20 + i % 50}_{i % 2}_{i % 5}_2017010100000{i:04d}.jpg.chip.jpg")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def test_utkface_refuses_a_damaged_archive_instead_of_loading_part_of_it(tmp_path):
+    """Regression (issue #16 item 1): garbage in the middle used to load about half the images."""
+    archive = tmp_path / "data" / "utkface" / "UTKFace.tar.gz"
+    _utkface_archive(archive, 60)
+    whole = load_utkface(tmp_path / "data", split="all", cache_dir=tmp_path / "c1", workers=1, progress=False,
+                         expected_files=None)  # fmt: skip
+    assert len(whole) == 60
+    assert len(load_utkface(tmp_path / "data", split="all", cache_dir=tmp_path / "c1", expected_files=60)) == 60
+    with pytest.raises(ValueError, match="holds 60 image files, the official UTKFace release 61"):
+        load_utkface(tmp_path / "data", split="all", cache_dir=tmp_path / "c1", expected_files=61)
+    folder = tmp_path / "folder" / "utkface" / "UTKFace"
+    folder.mkdir(parents=True)
+    (folder / "30_0_1_20170101000000000.jpg.chip.jpg").write_bytes(b"not a jpeg")
+    (folder / "31_0_1_20170101000000001.jpg.chip.jpg").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(ValueError, match=r"1 image\(s\) do not decode"):
+        load_utkface(tmp_path / "folder", split="all", cache_dir=tmp_path / "c3", workers=1, progress=False,
+                     expected_files=2)  # fmt: skip
+    raw = bytearray(archive.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 4096] = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"not a complete, readable \.tar\.gz archive .* download it again"):
+        load_utkface(tmp_path / "data", split="all", cache_dir=tmp_path / "c2", workers=1, progress=False,
+                     expected_files=None)  # fmt: skip
+
+
+def test_utkface_image_with_an_absurd_header_is_unreadable_not_a_crash(tmp_path):
+    """Regression: a JPEG whose header claims 65000 x 65000 pixels raised PIL's DecompressionBombError."""
+    from ceag_cooper.data.utkface import _decode
+
+    good = png_bytes(np.zeros((24, 24, 3), dtype=np.uint8))
+    marker = good.index(b"\xff\xc0")  # SOF0: length (2 bytes), precision (1), height (2), width (2)
+    bomb = good[: marker + 5] + (65000).to_bytes(2, "big") * 2 + good[marker + 9 :]
+    decoded = _decode([good, bomb], 8)
+    assert decoded[0].shape == (8, 8, 3)
+    assert decoded[1] is None

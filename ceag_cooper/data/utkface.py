@@ -15,6 +15,7 @@ import os
 import re
 import tarfile
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,8 @@ UTKFACE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 """The attributes of UTKFace, usable as target or protected attribute, with their value names."""
 
 _NAME = re.compile(r"^(\d+)_([01])_([0-4])_")
+OFFICIAL_FILES = 23_708
+"""Image files in the official release (3 of them lack a race label and are skipped)."""
 CACHE_FORMAT = 1
 _MEAN, _STD = 0.5, 0.25
 
@@ -75,8 +78,15 @@ def _read_files(source: Path) -> list[tuple[str, bytes]]:
                 if member.isfile() and "jpg" in member.name:
                     handle = archive.extractfile(member)
                     files.append((os.path.basename(member.name), handle.read() if handle else b""))
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise ValueError(f"{source} is not a readable .tar.gz archive ({error}); download it again.") from error
+            # The tar reader stops quietly at a corrupt header, and gzip checks its CRC only at the
+            # end of the stream: read the rest, so that a damaged archive fails here, not silently.
+            while archive.fileobj.read(1 << 22):
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise ValueError(
+            f"{source} is not a complete, readable .tar.gz archive ({type(error).__name__}: {error}); download it "
+            "again."
+        ) from error
     return files
 
 
@@ -90,8 +100,8 @@ def _decode(chunk: list[bytes], size: int) -> list[np.ndarray | None]:
                 image.draft("RGB", (2 * size, 2 * size))  # JPEG DCT scaling: decode at low resolution
                 image = image.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=None)
                 out.append(np.asarray(image, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            out.append(None)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+            out.append(None)  # a corrupt header can also claim an absurd size (DecompressionBombError)
     return out
 
 
@@ -161,6 +171,23 @@ def _load_cached(data_dir: Path, size: int, cache_dir: Path | None, workers: int
     return cached
 
 
+def _check_complete(cached: dict, expected: int, source: Path) -> None:
+    """Refuse to train on a fraction of the data set: every file present, every image decoded."""
+    found = len(cached["names"]) + len(cached["skipped_names"])
+    if found != expected:
+        raise ValueError(
+            f"{source} holds {found:,} image files, the official UTKFace release {expected:,}: the copy is incomplete "
+            "or damaged. Download it again (https://susanqq.github.io/UTKFace/), or pass expected_files=None to load "
+            "a partial copy on purpose."
+        )
+    if cached["unreadable"]:
+        shown = ", ".join(cached["unreadable"][:3])
+        raise ValueError(
+            f"{source}: {len(cached['unreadable'])} image(s) do not decode ({shown}...): the copy is damaged. Download "
+            "it again, or pass expected_files=None to skip them on purpose."
+        )
+
+
 def utkface_split(
     names: Sequence[str], *, test_fraction: float = 0.2, seed: int = 1357
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +211,7 @@ def load_utkface(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
+    expected_files: int | None = OFFICIAL_FILES,
 ) -> GroupDataset:
     """Load UTKFace as a :class:`GroupDataset` of normalized ``(3, size, size)`` images.
 
@@ -197,10 +225,14 @@ def load_utkface(
         cache_dir: where decoded images are cached (default ``~/.cache/ceag_cooper``).
         workers: decoding processes on the first run (default: up to 2).
         progress: show a progress bar while decoding.
+        expected_files: the number of image files the source must hold, and then every image must
+            decode (default: the official release's 23,708). ``None`` loads whatever is there, on
+            purpose (a subset, a modified copy), skipping undecodable images with a warning.
 
     Raises:
         FileNotFoundError: no archive or folder under ``data_dir`` (the message says where to put it).
-        ValueError: an unknown split or attribute, or an unreadable archive.
+        ValueError: an unknown split or attribute, an unreadable or damaged archive, or a source
+            that is incomplete (fewer files than ``expected_files``, or images that do not decode).
     """
     for name in (target, *protected):
         if name not in UTKFACE_ATTRIBUTES:
@@ -217,6 +249,8 @@ def load_utkface(
         )
     data_dir = resolve_data_dir(data_dir)
     cached = _load_cached(data_dir, size, cache_dir, workers or min(2, os.cpu_count() or 1), progress)
+    if expected_files is not None:
+        _check_complete(cached, expected_files, _source(data_dir))
     if cached["skipped_names"] or cached["unreadable"]:
         warnings.warn(
             f"UTKFace: skipped {len(cached['skipped_names'])} file(s) whose names lack labels "
