@@ -233,3 +233,38 @@ def test_utkface_image_with_an_absurd_header_is_unreadable_not_a_crash(tmp_path)
     decoded = _decode([good, bomb], 8)
     assert decoded[0].shape == (8, 8, 3)
     assert decoded[1] is None
+
+
+def _omniglot_zips(folder, characters):
+    """The two zips' layout with ``characters`` characters of 20 drawers each, alternating between the zips."""
+    folder.mkdir(parents=True, exist_ok=True)
+    import zipfile
+
+    blank = png_bytes(np.zeros((10, 10), dtype=np.uint8))
+    for index, name in enumerate(("images_background_small1.zip", "images_background_small2.zip")):
+        with zipfile.ZipFile(folder / name, "w") as archive:
+            for c in range(characters):
+                if c % 2 == index:
+                    continue
+                for drawer in range(1, 21):
+                    archive.writestr(f"images_background_small{index + 1}/alpha/char{c:02d}/x_{drawer:02d}.png", blank)
+
+
+def test_omniglot_refuses_a_missing_zip_or_missing_characters(tmp_path):
+    """Regression (issue #16 item 1): one zip missing silently gave 136 of 242 characters."""
+    folder = tmp_path / "omniglot"
+    _omniglot_zips(folder, 6)
+    train, test = load_omniglot(tmp_path, size=8, expected_images=120)
+    assert len(train) + len(test) == 120
+    assert train.num_classes == 6
+    with pytest.raises(ValueError, match=r"120 distinct drawings of 6 characters, the official .* 4,840 of 242"):
+        load_omniglot(tmp_path, size=8)
+    (folder / "images_background_small2.zip").unlink()
+    with pytest.raises(FileNotFoundError, match=r"images_background_small2\.zip missing"):
+        load_omniglot(tmp_path, size=8, expected_images=None)
+    _omniglot_zips(folder, 6)
+    raw = bytearray((folder / "images_background_small1.zip").read_bytes())
+    raw[200:260] = b"\x00" * 60  # inside the first member's data: its CRC no longer matches
+    (folder / "images_background_small1.zip").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="not a complete, readable zip"):
+        load_omniglot(tmp_path, size=8, expected_images=None)

@@ -15,23 +15,31 @@ from ceag_cooper.data.base import GroupDataset, resolve_data_dir
 __all__ = ["load_omniglot"]
 
 _ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
+OFFICIAL_CHARACTERS, OFFICIAL_IMAGES = 242, 4_840
+"""What the two "small" background sets hold together, once deduplicated (20 drawings each)."""
 
 
 def _images(folder: Path) -> dict[tuple[str, str, str], bytes]:
     """``(alphabet, character, file) -> PNG bytes``, deduplicated across the two zips."""
     found: dict[tuple[str, str, str], bytes] = {}
-    paths = [folder / name for name in _ZIPS if (folder / name).is_file()]
-    if not paths:
+    missing = [name for name in _ZIPS if not (folder / name).is_file()]
+    if missing:
         raise FileNotFoundError(
-            f"Omniglot not found: expected {' and '.join(_ZIPS)} in {folder.resolve()} "
-            "(--data-dir / CEAG_DATA_DIR should hold omniglot/)."
+            f"Omniglot incomplete or not found: {' and '.join(missing)} missing in {folder.resolve()}; both "
+            f"{' and '.join(_ZIPS)} are needed (--data-dir / CEAG_DATA_DIR should hold omniglot/)."
         )
-    for path in paths:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                parts = info.filename.split("/")
-                if len(parts) == 4 and parts[3].endswith(".png"):
-                    found.setdefault((parts[1], parts[2], parts[3]), archive.read(info))
+    for path in (folder / name for name in _ZIPS):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()  # CRC of every member: a damaged zip fails here, not silently
+                if bad is not None:
+                    raise zipfile.BadZipFile(f"member {bad} fails its CRC check")
+                for info in archive.infolist():
+                    parts = info.filename.split("/")
+                    if len(parts) == 4 and parts[3].endswith(".png"):
+                        found.setdefault((parts[1], parts[2], parts[3]), archive.read(info))
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise ValueError(f"{path} is not a complete, readable zip ({error}); download it again.") from error
     return found
 
 
@@ -41,6 +49,7 @@ def load_omniglot(
     size: int = 28,
     test_drawers: int = 5,
     groups: str = "character",
+    expected_images: int | None = OFFICIAL_IMAGES,
 ) -> tuple[GroupDataset, GroupDataset]:
     """Omniglot as a 242-way character classification, split by drawer.
 
@@ -48,8 +57,20 @@ def load_omniglot(
     form the test set. The target is the character; the protected attribute is the character
     itself (``groups="character"``: 242 groups, one per class) or its alphabet (8 groups).
 
+    Args:
+        data_dir: the folder holding ``omniglot/`` (default ``$CEAG_DATA_DIR`` or ``../shared/data``).
+        size: image side after resizing.
+        test_drawers: how many drawers (the last by number) form the test split.
+        groups: ``"character"`` or ``"alphabet"``.
+        expected_images: distinct drawings the two zips must hold together (default: the official
+            4,840 of 242 characters); ``None`` loads whatever is there, on purpose.
+
     Returns:
         ``(train, test)`` :class:`GroupDataset` of ``(1, size, size)`` images (ink = 1).
+
+    Raises:
+        FileNotFoundError: a zip is missing (both are needed).
+        ValueError: a damaged zip, or fewer drawings than ``expected_images``.
     """
     from PIL import Image
 
@@ -58,6 +79,12 @@ def load_omniglot(
     images = _images(resolve_data_dir(data_dir) / "omniglot")
     keys = sorted(images)
     characters = sorted({(a, c) for a, c, _ in keys})
+    if expected_images is not None and len(keys) != expected_images:
+        raise ValueError(
+            f"Omniglot: the zips hold {len(keys):,} distinct drawings of {len(characters)} characters, the official "
+            f"small background sets {OFFICIAL_IMAGES:,} of {OFFICIAL_CHARACTERS}: a copy is incomplete or damaged. "
+            "Download it again, or pass expected_images=None to load a partial copy on purpose."
+        )
     alphabets = sorted({a for a, _ in characters})
     drawers = sorted({int(f.split("_")[1].split(".")[0]) for _, _, f in keys})
     if not 0 < test_drawers < len(drawers):
