@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import cooper
 import numpy as np
 import torch
+
+from ceag_cooper._atomic import atomic_write
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -103,11 +106,25 @@ def save_checkpoint(
         "counters": dict(counters or {}),
         "extra": dict(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
-    return path
+    # A unique temporary file, fsynced, renamed into place: concurrent writers cannot corrupt it,
+    # and a crash leaves the previous checkpoint. Under torch.distributed save from rank 0 only.
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def _check_integrity(path: Path) -> None:
+    """Every member's CRC (torch's files are zips): flipped bytes would otherwise load silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); it may be truncated. "
+            "Delete it to start over, or restore an earlier copy."
+        ) from error
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is corrupt: {bad} fails its checksum. Delete it to start over, or restore an earlier copy."
+        )
 
 
 def load_checkpoint(
@@ -132,6 +149,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; check the path (or start the run afresh).")
+    _check_integrity(path)
     try:
         # nuPI's optimizer state names its initialization scheme by an enum: allowed, nothing else.
         with torch.serialization.safe_globals([cooper.optim.nuPIInitType]):
@@ -143,6 +161,13 @@ def load_checkpoint(
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} was not written by this version of ceag-cooper's save_checkpoint.")
+    if payload["pruner"] is not None and pruner is None:
+        raise CheckpointError(
+            f"{path} holds pruning masks: pass the run's pruner (load_checkpoint(..., pruner=pruner)), or the "
+            "restored model's pruned weights would grow back at the next step."
+        )
+    if payload["pruner"] is None and pruner is not None:
+        raise CheckpointError(f"{path} was saved without a pruner: drop `pruner=`, or load the run that pruned.")
     model.load_state_dict(payload["model"])
     problem.load_state_dict(payload["problem"])
     optimizer.load_state_dict(payload["optimizer"])

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ceag_cooper import __version__
+from ceag_cooper._atomic import atomic_write
 from ceag_cooper._validation import check_non_negative_float
-from ceag_cooper.checkpoint import load_checkpoint, save_checkpoint
+from ceag_cooper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkface, make_group_imbalanced_task
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.models import MLP, SmallCNN, cifar_resnet
@@ -296,8 +297,9 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
         task = replace(task, train=heldout_split(config, task)[0])
     torch.manual_seed(config.seed)
     model = build_model(config, task)
+    dense_config = {k: getattr(config, k) for k in _DENSE_FIELDS}
     if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True)["model"])
+        model.load_state_dict(_load_dense(path, dense_config))
         return model, path, True
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.dense_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
@@ -314,11 +316,29 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
             scheduler.step()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "dense_config": {k: getattr(config, k) for k in _DENSE_FIELDS}}, temporary)
-    temporary.replace(path)
+    payload = {"model": model.state_dict(), "dense_config": dense_config}
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     return model, path, False
+
+
+def _load_dense(path: Path, dense_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights of a cached dense model, after checking it is intact and was trained as asked."""
+    try:
+        payload = torch.load(path, weights_only=True)
+        state, saved = payload["model"], payload.get("dense_config")
+    except Exception as error:  # truncated file, foreign pickle, another layout
+        raise CheckpointError(
+            f"{path} is not a readable dense checkpoint ({type(error).__name__}: {error}); delete it and it is "
+            "trained again."
+        ) from error
+    if saved is not None and json.dumps(saved, sort_keys=True, default=list) != json.dumps(
+        dense_config, sort_keys=True, default=list
+    ):
+        raise CheckpointError(
+            f"{path} holds a dense model trained with {saved}, not {dense_config}; delete it or choose another "
+            "output_dir."
+        )
+    return state
 
 
 def make_problem(
@@ -602,8 +622,8 @@ def run_experiment(
         "log": log,
     }
     path = Path(config.output_dir) / "results" / f"{config.run_name()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    text = (json.dumps(results, indent=2) + "\n").encode()
+    atomic_write(path, lambda handle: handle.write(text))  # readers never see half a results file
     results["results_path"] = str(path)
     return results
 

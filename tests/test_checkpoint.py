@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -100,8 +99,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, 
     original = torch.save
 
     def crash(obj, target, *args, **kwargs):
-        original(obj, target, *args, **kwargs)
-        Path(target).write_bytes(Path(target).read_bytes()[:100])  # the write was cut short
+        target.write(b"PK\x03\x04 half a checkpoint")  # the write was cut short
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
@@ -109,6 +107,77 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, 
         save_checkpoint(path, **objects, counters={"step": 2})
     monkeypatch.setattr(torch, "save", original)
     assert load_checkpoint(path, **small_run()) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # the failed write's temporary file is gone
+
+
+def test_concurrent_writers_never_leave_a_corrupt_checkpoint(tmp_path):
+    """Regression (issue #16 item 4): a fixed temporary name made 442 of 789 reads fail."""
+    import threading
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, **small_run(), counters={"step": 0})
+    errors = []
+
+    def writer(offset):
+        objects = small_run()
+        try:
+            for step in range(15):
+                save_checkpoint(path, **objects, counters={"step": offset + step})
+        except Exception as error:  # pragma: no cover - the failure is the point
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(k * 100,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    reads = 0
+    while any(t.is_alive() for t in threads) or reads < 5:
+        assert load_checkpoint(path, **small_run())["step"] >= 0
+        reads += 1
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_stale_temporary_files_are_removed_and_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".c.pt.old.tmp", tmp_path / ".c.pt.busy.tmp"
+    stale.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"another writer, now")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    save_checkpoint(tmp_path / "c.pt", **small_run())
+    assert not stale.exists()
+    assert fresh.exists()
+
+
+def test_flipped_bytes_and_missing_pruner_are_refused(tmp_path):
+    """Regression (issue #16 item 9): a flipped byte loaded silently; masks were dropped without pruner=."""
+    from ceag_cooper.pruning import GradualSchedule, MagnitudePruner
+
+    objects = small_run()
+    pruner = MagnitudePruner(objects["model"], schedule=GradualSchedule(0.5, num_updates=1), prune_last_linear=True)
+    path = save_checkpoint(tmp_path / "c.pt", **objects, pruner=pruner)
+    with pytest.raises(CheckpointError, match="holds pruning masks: pass the run's pruner"):
+        load_checkpoint(path, **small_run())
+    plain = save_checkpoint(tmp_path / "plain.pt", **small_run())
+    fresh = small_run()
+    other = MagnitudePruner(fresh["model"], schedule=GradualSchedule(0.5, num_updates=1), prune_last_linear=True)
+    with pytest.raises(CheckpointError, match="saved without a pruner"):
+        load_checkpoint(plain, **fresh, pruner=other)
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:  # where the first tensor's stored bytes begin
+        info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    raw = bytearray(path.read_bytes())
+    header = info.header_offset
+    start = header + 30 + int.from_bytes(raw[header + 26 : header + 28], "little")
+    start += int.from_bytes(raw[header + 28 : header + 30], "little")
+    raw[start] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        load_checkpoint(path, **small_run(), pruner=pruner)
 
 
 def test_truncated_missing_and_foreign_files_give_clear_errors(tmp_path):

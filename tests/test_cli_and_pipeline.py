@@ -115,3 +115,23 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, me
     assert [e["epoch"] for e in resumed["log"]] == [0, 1, 2]
     assert resumed["log"][:2] == saved_log  # epochs 0-1 came from the checkpoint (their timings too)
     assert resumed["final_iterate"] == uninterrupted["final_iterate"]
+
+
+def test_a_reused_dense_checkpoint_must_be_intact_and_match_its_settings(tmp_path):
+    """Regression (issue #16 items 2 and 9): a foreign or truncated dense file was used or crashed."""
+    import torch
+
+    from ceag_cooper.checkpoint import CheckpointError
+    from ceag_cooper.pipeline import train_dense
+
+    config = ExperimentConfig(**TINY, output_dir=str(tmp_path), augment=False)
+    task = load_task(config)
+    _, path, reused = train_dense(config, task, progress=False)
+    assert not reused
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "dense_config": {**payload["dense_config"], "dense_lr": 9.0}}, path)
+    with pytest.raises(CheckpointError, match="holds a dense model trained with"):
+        train_dense(config, task, progress=False)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="not a readable dense checkpoint"):
+        train_dense(config, task, progress=False)
