@@ -164,6 +164,17 @@ def test_cifar100_python_format_fixture(tmp_path):
     assert train.inputs[0, 0, 0, 0].item() == pytest.approx((first[0] / 255 - 0.507) / 0.267, abs=1e-5)
     with pytest.raises(FileNotFoundError, match="cifar-100-python"):
         load_cifar100(tmp_path / "nowhere")
+    # Regression (issue #16 item 6): a crafted `meta` executed code through pickle.load.
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "code ran"))
+
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": Exploit()}))
+    with pytest.raises(ValueError, match=r"global pathlib.*\.write_text is not allowed .* refusing to load it"):
+        load_cifar100(tmp_path)
+    assert not marker.exists()
 
 
 def test_fairface_csv_and_image_folder_fixture(tmp_path):

@@ -17,14 +17,38 @@ _MEAN = torch.tensor([0.507, 0.487, 0.441]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.267, 0.256, 0.276]).view(1, 3, 1, 1)
 
 
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+}
+"""All that the official pickles need (dicts, lists, bytes and numpy arrays); nothing that runs code."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers and numpy arrays (``pickle.load`` runs any code)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-100 file")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: CIFAR-100 needs the official 'python version' folder cifar-100-python/ "
             "(files train, test, meta) under --data-dir / CEAG_DATA_DIR."
         )
-    with path.open("rb") as handle:
-        return pickle.load(handle, encoding="bytes")
+    try:
+        with path.open("rb") as handle:
+            return _SafeUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not an official CIFAR-100 'python version' file ({error}); refusing to load it. "
+            "Download cifar-100-python.tar.gz again."
+        ) from error
 
 
 def load_cifar100(
