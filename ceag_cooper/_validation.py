@@ -101,6 +101,13 @@ def check_group_ids(group_ids: object, num_groups: int, *, name: str = "group_id
         f"`{name}` must lie in [0, {num_groups}) for {num_groups} groups; "
         "check the number of groups given to the problem or the reference statistics.",
     )
+    if group_ids.dim() == 2 and group_ids.shape[1] > 1:
+        ordered = group_ids.sort(dim=1).values
+        _assert_values(
+            ~(ordered[:, 1:] == ordered[:, :-1]).any(),
+            f"a row of `{name}` names the same group twice: each sample would count twice in it. The M ids of a "
+            "sample must be distinct groups (GroupSpec(..., mode='marginal').group_ids builds them so).",
+        )
     return group_ids.long()
 
 

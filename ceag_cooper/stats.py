@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ceag_cooper import native
-from ceag_cooper._validation import check_group_ids, check_positive_int
+from ceag_cooper._validation import _assert_values, check_group_ids, check_positive_int
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.native import Backend
 from ceag_cooper.progress import progress_bar
@@ -51,6 +51,13 @@ def per_sample_loss_and_correct(
         raise ValueError(f"`logits` must have shape (N, num_classes), got {tuple(logits.shape)}.")
     if targets.shape != logits.shape[:1]:
         raise ValueError(f"`targets` must have shape ({logits.shape[0]},), got {tuple(targets.shape)}.")
+    if targets.numel() and not targets.dtype.is_floating_point:
+        low, high = torch.aminmax(targets)
+        _assert_values(
+            (low >= 0) & (high < logits.shape[1]),
+            f"`targets` must be class indices in [0, {logits.shape[1]}); a sample with another value (e.g. an "
+            "ignore_index of -100) would count as a wrong prediction in its group. Drop such samples from the batch.",
+        )
     loss = (loss_fn or _cross_entropy)(logits, targets)
     if loss.shape != targets.shape:
         raise ValueError(
@@ -202,6 +209,30 @@ class GroupMetrics:
     accuracy: torch.Tensor
     loss: torch.Tensor
     num_samples: torch.Tensor
+
+    def __post_init__(self) -> None:
+        per_group = {"group_accuracy": self.group_accuracy, "group_loss": self.group_loss,
+                     "group_count": self.group_count}  # fmt: skip
+        overall = {"accuracy": self.accuracy, "loss": self.loss, "num_samples": self.num_samples}
+        for name, value in {**per_group, **overall}.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"GroupMetrics.{name} must be a tensor, got {type(value).__name__}.")
+        shapes = {name: tuple(value.shape) for name, value in per_group.items()}
+        if len(set(shapes.values())) != 1 or len(shapes["group_count"]) != 1:
+            raise ValueError(f"GroupMetrics' per-group fields must be 1-D of one length, got shapes {shapes}.")
+        if any(value.dim() != 0 for value in overall.values()):
+            raise ValueError(
+                "GroupMetrics.accuracy, .loss and .num_samples must be 0-d tensors, got shapes "
+                f"{[tuple(v.shape) for v in overall.values()]}."
+            )
+        values = torch.cat([v.detach().reshape(-1).double().cpu() for v in (*per_group.values(), *overall.values())])
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("GroupMetrics holds NaN or inf values; recompute it with evaluate_groups.")
+        accuracies = torch.cat(
+            [self.group_accuracy.detach().reshape(-1).cpu(), self.accuracy.detach().reshape(1).cpu()]
+        )
+        if bool((accuracies < 0).any() | (accuracies > 1).any()) or bool((self.group_count < 0).any()):
+            raise ValueError("GroupMetrics: accuracies must lie in [0, 1] (fractions) and counts be >= 0.")
 
     @property
     def num_groups(self) -> int:

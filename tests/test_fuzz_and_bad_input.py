@@ -172,3 +172,38 @@ def test_bad_input_raises_a_clear_error(case):
     call, error, message = CASES[case]
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda t: cc.GroupMetrics(t([0.9, float("nan")]), t([0.3, 0.5]), t([6.0, 4.0]), t(0.86), t(0.38), t(10.0)),
+         "NaN or inf"),
+        (lambda t: cc.GroupMetrics(t([0.9, 0.8]), t([0.3, 0.5, 0.1]), t([6.0, 4.0]), t(0.86), t(0.38), t(10.0)),
+         "1-D of one length"),
+        (lambda t: cc.GroupMetrics(t([90.0, 80.0]), t([0.3, 0.5]), t([6.0, 4.0]), t(0.86), t(0.38), t(10.0)),
+         r"accuracies must lie in \[0, 1\]"),
+        (lambda t: cc.GroupMetrics(t([0.9, 0.8]), t([0.3, 0.5]), t([6.0, 4.0]), t([0.86]), t(0.38), t(10.0)),
+         "must be 0-d tensors"),
+    ],
+)  # fmt: skip
+def test_malformed_reference_statistics_are_refused_at_construction(make, message):
+    """Regression (issue #16 item 8): they were accepted and failed later with an unrelated message."""
+    with pytest.raises(ValueError, match=message):
+        make(torch.tensor)
+
+
+def test_ignore_index_targets_and_repeated_group_ids_are_refused():
+    """Regression (issue #16 item 8): -100 targets counted as errors; a repeated id counted a sample twice."""
+    problem = cc.CEAG(reference=cc.GroupMetrics(torch.tensor([0.9, 0.8]), torch.ones(2), torch.tensor([6.0, 4.0]),
+                                                torch.tensor(0.86), torch.tensor(1.0), torch.tensor(10.0)),
+                      buffer_size=None)  # fmt: skip
+    logits = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 4\).*ignore_index of -100"):
+        problem.compute_cmp_state(logits=logits, targets=torch.tensor([0, -100, 1]), group_ids=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="names the same group twice"):
+        problem.compute_cmp_state(logits=logits, targets=torch.tensor([0, 1, 1]),
+                                  group_ids=torch.tensor([[0, 1], [1, 1], [0, 1]]))  # fmt: skip
+    state = problem.compute_cmp_state(logits=logits, targets=torch.tensor([0, 1, 1]),
+                                      group_ids=torch.tensor([[0, 1], [1, 0], [0, 1]]))  # fmt: skip
+    assert state.misc["stats"].group_count.tolist() == [3.0, 3.0]
