@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from ceag_cooper import __version__
 from ceag_cooper.checkpoint import CheckpointError
 from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
 from ceag_cooper.report import DisparityReport, plot_comparison
@@ -94,7 +96,21 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froze
 
 def _config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
     values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)}
-    return ExperimentConfig.from_dict({**values, **overrides})
+    config = ExperimentConfig.from_dict({**values, **overrides})
+    _check_writable(Path(config.output_dir), "--output-dir")
+    if config.cache_dir is not None:
+        _check_writable(Path(config.cache_dir), "--cache-dir")
+    return config
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """Fail before any training if results could not be written (was a traceback after the work)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag} {folder} is not a writable folder ({type(error).__name__}: {error}).") from error
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:
@@ -177,8 +193,25 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_results(path: Path) -> dict[str, Any]:
+    """A results JSON of ``prune`` or ``demo``, or a ValueError that names the file and what is wrong."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable results JSON ({type(error).__name__}: {error}).") from error
+    missing = [
+        k for k in ("run", "config", "sparsity", "groups", "reports") if not isinstance(result, dict) or k not in result
+    ]
+    if missing or any(split not in result["reports"] for split in ("train", "test")):
+        raise ValueError(
+            f"{path}: not a results JSON written by `ceag-cooper prune` or `demo` (missing {missing or 'reports'})."
+        )
+    return result
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
-    results = [json.loads(Path(p).read_text()) for p in args.results]
+    results = [_read_results(Path(p)) for p in args.results]
+    _check_writable(Path(args.output), "--output")
     print(results_table(results))
     print(f"report: {write_report(results, Path(args.output))}")
     return 0
@@ -187,6 +220,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     quick = {"subset": 1500, "dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1} if args.quick else {}
     output = Path(args.output_dir)
+    _check_writable(output, "--output-dir")
     base = ExperimentConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, output_dir=str(output), **quick)
     started = time.perf_counter()
     print(
@@ -212,6 +246,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(prog="ceag-cooper", description="Constrain the disparate impact of pruning.")
+    parser.add_argument("--version", action="version", version=f"ceag-cooper {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     dense = commands.add_parser("train-dense", help="train (or reuse) the dense model")
     _add_config_flags(dense, skip=_FINETUNE_FIELDS | {"group_mode", "mitigate_during_pruning"})
@@ -248,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValueError as error:
         print(f"ceag-cooper: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # permissions, a file where a folder should be, a full disk...
+        print(f"ceag-cooper: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
 
 

@@ -138,6 +138,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self.protected = tuple(self.protected)
+        self._check_numbers()
         check_sparsity(self.sparsity)
         check_non_negative_float(self.tolerance, "tolerance")
         if self.group_mode not in ("intersectional", "marginal"):
@@ -163,6 +164,27 @@ class ExperimentConfig:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         if not (math.isfinite(self.nupi_kp) and self.nupi_kp >= 0 and 0 <= self.nupi_ema < 1):
             raise ValueError(f"`nupi_kp` must be >= 0 and `nupi_ema` in [0, 1), got {self.nupi_kp}, {self.nupi_ema}.")
+
+    def _check_numbers(self) -> None:
+        """Every numeric field, before any work (a bad value used to fail after dense training)."""
+        for name in ("batch_size", "width", "image_size", "buffer_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        for name in ("seed", "dense_epochs", "prune_epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
+        if self.subset is not None and (isinstance(self.subset, bool) or not isinstance(self.subset, int)
+                                        or self.subset < 4):  # fmt: skip
+            raise ValueError(
+                f"`subset` must be an integer >= 4 (a quarter of it is the test split), got {self.subset!r}."
+            )
+        for name in ("lr", "dense_lr", "dual_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+        check_non_negative_float(self.weight_decay, "weight_decay")
 
     def dense_key(self) -> str:
         """Hash of the fields that determine the dense model."""

@@ -135,3 +135,43 @@ def test_a_reused_dense_checkpoint_must_be_intact_and_match_its_settings(tmp_pat
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(CheckpointError, match="not a readable dense checkpoint"):
         train_dense(config, task, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "`batch_size` must be an integer >= 1, got 0"),
+        (["--batch-size", "-1"], "`batch_size` must be an integer >= 1, got -1"),
+        (["--width", "0"], "`width` must be an integer >= 1"),
+        (["--subset", "-5"], "`subset` must be an integer >= 4"),
+        (["--buffer-size", "0"], "`buffer_size` must be an integer >= 1"),
+        (["--dual-lr", "inf"], "`dual_lr` must be a finite number > 0"),
+        (["--lr", "0"], "`lr` must be a finite number > 0"),
+    ],
+)
+def test_cli_refuses_bad_numbers_before_any_training(tmp_path, capsys, flags, message):
+    """Regression (issue #16 item 7): these ended in tracebacks, some after saving an untrained dense model."""
+    out = tmp_path / "out"
+    assert main(["prune", "--task", "synthetic", "--model", "mlp", "--output-dir", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1  # one line, no traceback
+    assert not (out / "dense").exists()
+
+
+def test_cli_unwritable_output_and_bad_results_files_are_one_line_errors(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    assert main(["prune", "--task", "synthetic", "--output-dir", str(blocker / "sub")]) == 2
+    assert "--output-dir" in capsys.readouterr().err
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    assert main(["report", str(empty), "--output", str(tmp_path / "r")]) == 2
+    assert f"{empty}: not a results JSON written by" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\xff\xfe not json")
+    assert main(["report", str(garbage)]) == 2
+    assert f"{garbage}: not a readable results JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("ceag-cooper ")
