@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from ceag_cooper import NonFiniteError
-from ceag_cooper.pipeline import LEGACY_PROTOCOL, METHODS, ExperimentConfig, load_task, run_experiment
+from ceag_cooper.pipeline import (
+    LEGACY_PROTOCOL,
+    METHODS,
+    ExperimentConfig,
+    data_fingerprint,
+    load_task,
+    run_experiment,
+)
 
 PAPER_METHODS = ("nft", "nft_es", "el", "el_rb", "ceag_no_rb", "ceag")
 
@@ -298,6 +305,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             continue
         if path.exists():
             result = json.loads(path.read_text())
+            if result.get("data_fingerprint") is not None:  # cells from before it was recorded: trusted
+                task = task or load_task(config)
+                if result["data_fingerprint"] != data_fingerprint(task):
+                    raise SystemExit(
+                        f"{path} was computed on other data (fingerprint {result['data_fingerprint']}, this data "
+                        f"{data_fingerprint(task)}); move it away or pass --runs to another folder."
+                    )
             print(f"[{index}/{len(configs)}] {config.run_name()}: done before, reused", flush=True)
         else:
             started = time.perf_counter()

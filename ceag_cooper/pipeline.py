@@ -270,6 +270,11 @@ def load_task(config: ExperimentConfig) -> Task:
     return Task(train=train, test=test, spec=spec, input_shape=tuple(train.inputs.shape[1:]))
 
 
+def data_fingerprint(task: Task) -> str:
+    """Which data a run used: a hash of both splits' contents (see ``GroupDataset.fingerprint``)."""
+    return hashlib.sha256(f"{task.train.fingerprint()}{task.test.fingerprint()}".encode()).hexdigest()[:16]
+
+
 def build_model(config: ExperimentConfig, task: Task) -> torch.nn.Module:
     """The model named by ``config.model`` for the task's inputs and classes."""
     classes = task.train.num_classes
@@ -320,8 +325,9 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
     torch.manual_seed(config.seed)
     model = build_model(config, task)
     dense_config = {k: getattr(config, k) for k in _DENSE_FIELDS}
+    data = task.train.fingerprint()
     if path.exists():
-        model.load_state_dict(_load_dense(path, dense_config))
+        model.load_state_dict(_load_dense(path, dense_config, data))
         return model, path, True
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.dense_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
@@ -338,16 +344,17 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
             scheduler.step()
-    payload = {"model": model.state_dict(), "dense_config": dense_config}
+    payload = {"model": model.state_dict(), "dense_config": dense_config, "data": data, "code": code_version()}
     atomic_write(path, lambda handle: torch.save(payload, handle))
     return model, path, False
 
 
-def _load_dense(path: Path, dense_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _load_dense(path: Path, dense_config: dict[str, Any], data: str) -> dict[str, torch.Tensor]:
     """The weights of a cached dense model, after checking it is intact and was trained as asked."""
     try:
         payload = torch.load(path, weights_only=True)
         state, saved = payload["model"], payload.get("dense_config")
+        saved_data = payload.get("data")  # absent in files written before it was recorded
     except Exception as error:  # truncated file, foreign pickle, another layout
         raise CheckpointError(
             f"{path} is not a readable dense checkpoint ({type(error).__name__}: {error}); delete it and it is "
@@ -359,6 +366,11 @@ def _load_dense(path: Path, dense_config: dict[str, Any]) -> dict[str, torch.Ten
         raise CheckpointError(
             f"{path} holds a dense model trained with {saved}, not {dense_config}; delete it or choose another "
             "output_dir."
+        )
+    if saved_data is not None and saved_data != data:
+        raise CheckpointError(
+            f"{path} holds a dense model trained on other data (fingerprint {saved_data}, this training split "
+            f"{data}): the data set changed since. Delete it (it is trained again) or choose another output_dir."
         )
     return state
 
@@ -486,8 +498,10 @@ def finetune(
     checkpoint = Path(config.output_dir) / "checkpoints" / f"{config.run_name()}.pt"
     objects = {"model": model, "problem": problem, "optimizer": optimizer, "pruner": pruner, "generator": generator}
     first = 0
+    identity = {"config": asdict(config), "data": data_fingerprint(task)}
     if resume and checkpoint.exists():
         state = load_checkpoint(checkpoint, **objects)
+        _check_same_run(checkpoint, state["extra"].get("identity"), identity)
         first, log = state["epoch"] + 1, state["extra"]["log"]
         if "best_accuracy" in state["extra"]:
             best = (state["extra"]["best_accuracy"], state["extra"]["best_state"])
@@ -564,7 +578,7 @@ def finetune(
             else:
                 judged = train_eval
             selector.consider(f"epoch {epoch}", judged.sparse_overall, judged.max_psi, model.state_dict())
-        extra: dict[str, Any] = {"log": log}
+        extra: dict[str, Any] = {"log": log, "identity": identity}
         if selector is not None:
             extra["selector"] = selector.state_dict()
         if monitor is not None:
@@ -581,6 +595,26 @@ def finetune(
         log[-1]["selected_iterate"] = selector.best_name
         log[-1]["final_iterate"] = selector.reason()
     return model, pruner, log
+
+
+def _check_same_run(path: Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint of another configuration or other data (was resumed silently)."""
+    if saved is None:  # written before identities were recorded
+        return
+    if saved["data"] != current["data"]:
+        raise CheckpointError(
+            f"{path} was written for other data (fingerprint {saved['data']}, now {current['data']}); "
+            "resume needs the same data set: delete the checkpoint to start afresh."
+        )
+    ignored = {"data_dir", "cache_dir", "output_dir"}  # where things live, not what runs
+    changed = sorted(
+        k for k in current["config"] if k not in ignored and json.dumps(saved["config"].get(k), default=list)
+        != json.dumps(current["config"][k], default=list)
+    )  # fmt: skip
+    if changed:
+        raise CheckpointError(
+            f"{path} was written by a run with other settings ({', '.join(changed)}); delete it to start afresh."
+        )
 
 
 def _dual_settings(config: ExperimentConfig) -> dict[str, Any]:
@@ -635,6 +669,7 @@ def run_experiment(
             "code": code_version(),
         },
         "final_iterate": log[-1].get("final_iterate", "last") if log else "last",
+        "data_fingerprint": data_fingerprint(task),
         "dense_checkpoint": str(checkpoint),
         "dense_reused": reused,
         "timings_s": {"dense": round(dense_seconds, 1), "total": round(time.perf_counter() - started, 1)},

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from ceag_cooper.cli import main
 from ceag_cooper.data import resolve_data_dir
@@ -175,3 +176,37 @@ def test_cli_unwritable_output_and_bad_results_files_are_one_line_errors(tmp_pat
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("ceag-cooper ")
+
+
+def test_runs_know_their_data_and_settings(tmp_path, monkeypatch):
+    """Regression (issue #16 item 2): other data reused the old dense model; resume ignored what changed."""
+    import dataclasses
+
+    import ceag_cooper.pipeline as pipeline
+    from ceag_cooper.checkpoint import CheckpointError
+
+    config = ExperimentConfig(**{**TINY, "finetune_epochs": 2}, method="ceag", output_dir=str(tmp_path))
+    task = load_task(config)
+    result = run_experiment(config, task=task, progress=False)
+    assert result["data_fingerprint"] == pipeline.data_fingerprint(task)
+    other = dataclasses.replace(task, train=task.train.subset(torch.arange(len(task.train) - 1)))
+    assert pipeline.data_fingerprint(other) != result["data_fingerprint"]
+    with pytest.raises(CheckpointError, match="trained on other data"):
+        run_experiment(config, task=other, progress=False)
+    # An interrupted run resumes only with the same settings.
+    original = pipeline.save_checkpoint
+
+    def interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    fresh = ExperimentConfig.from_dict({**config.__dict__, "output_dir": str(tmp_path / "b")})
+    monkeypatch.setattr(pipeline, "save_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(fresh, task=task, progress=False)
+    monkeypatch.setattr(pipeline, "save_checkpoint", original)
+    changed = ExperimentConfig.from_dict({**fresh.__dict__, "dual_lr": 0.5})
+    checkpoint = tmp_path / "b" / "checkpoints" / f"{fresh.run_name()}.pt"
+    (checkpoint.parent / f"{changed.run_name()}.pt").write_bytes(checkpoint.read_bytes())  # as if renamed
+    with pytest.raises(CheckpointError, match=r"other settings \(dual_lr\)"):
+        run_experiment(changed, task=task, progress=False, resume=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -73,6 +74,22 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.inputs[index], self.targets[index], self.attributes[index]
+
+    def fingerprint(self) -> str:
+        """A hash of the contents (inputs, targets, attributes and names): which data a result used.
+
+        Computed once per object (a pass over the tensors' bytes) and then cached.
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            digest = hashlib.sha256()
+            for tensor in (self.inputs, self.targets, self.attributes):
+                tensor = tensor.detach().cpu().contiguous()
+                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(repr((self.attribute_names, self.value_names, self.class_names)).encode())
+            cached = self.__dict__["_fingerprint"] = digest.hexdigest()[:16]
+        return cached
 
     @property
     def num_classes(self) -> int:
