@@ -11,17 +11,26 @@ side (the differentiable proxy) stays local: DDP averages the model gradients as
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "OtherRankError",
     "all_gather_rows",
     "all_reduce_sum",
     "broadcast_",
+    "check_same_config_on_all_ranks",
     "check_same_on_all_ranks",
+    "fail_together",
     "is_distributed",
     "rank_and_world",
 ]
+
+
+class OtherRankError(ValueError):
+    """Raised on the ranks whose own step succeeded when another rank's step failed (same step)."""
 
 
 def is_distributed() -> bool:
@@ -95,4 +104,48 @@ def check_same_on_all_ranks(values: dict[str, float], what: str) -> None:
     mismatched = [n for i, n in enumerate(names) if not torch.all(gathered[:, i] == gathered[0, i])]
     if mismatched:
         detail = ", ".join(f"{n}: {gathered[:, names.index(n)].tolist()}" for n in mismatched)
+        raise ValueError(f"{what} differs between ranks ({detail}); build the same problem on every rank.")
+
+
+def fail_together(error: BaseException | None, where: str) -> None:
+    """Agree on a failure: if any rank passes an ``error``, every rank raises at this call.
+
+    The failing ranks re-raise their own error; the others raise :class:`OtherRankError` naming the
+    ranks that failed. One small all-reduce per call (a read back to the host), so that no rank is
+    left waiting in a collective that the failed rank never reaches, and a caller that catches the
+    error and goes on keeps the collectives of all ranks paired.
+    """
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return
+    rank, world = rank_and_world()
+    flags = torch.zeros(world, dtype=torch.float64)
+    flags[rank] = float(error is not None)
+    failed = [r for r, flag in enumerate(all_reduce_sum(flags).tolist()) if flag > 0]
+    if error is not None:
+        raise error
+    if failed:
+        raise OtherRankError(
+            f"rank(s) {failed} failed at {where} (their error says why); every rank stops here so that none "
+            "waits for the others."
+        )
+
+
+def check_same_config_on_all_ranks(config: dict, what: str) -> None:
+    """Raise on every rank, naming the keys, if ``config`` (plain, JSON-able values) differs between ranks."""
+    if not is_distributed():
+        return
+    text = json.dumps(config, sort_keys=True, default=str).encode()
+    rows = torch.tensor(list(text), dtype=torch.float64).reshape(-1, 1)
+    gathered = all_gather_rows(rows)
+    counts = all_gather_rows(torch.tensor([[float(len(text))]], dtype=torch.float64)).flatten().long().tolist()
+    configs, start = [], 0
+    for count in counts:
+        configs.append(json.loads(bytes(int(v) for v in gathered[start : start + count, 0].tolist()).decode()))
+        start += count
+    keys = sorted({k for c in configs for k in c})
+    differing = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)]
+    if differing:
+        detail = "; ".join(f"{k}: {[c.get(k) for c in configs]}" for k in differing)
         raise ValueError(f"{what} differs between ranks ({detail}); build the same problem on every rank.")

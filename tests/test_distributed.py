@@ -116,3 +116,64 @@ def test_mismatched_problems_raise_on_every_rank(ranks):
         assert rank["mismatch"] is not None
         assert "differs between ranks" in rank["mismatch"]
         assert "tolerance" in rank["mismatch"]
+
+
+def failing_worker(rank, world, init_file, out_dir):
+    """Each case fails on rank 1 only; every rank must raise at the same step, without a hang."""
+    import datetime
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))  # fmt: skip
+    outcomes = {}
+    y, g = torch.randint(0, 3, (BATCH,)), torch.arange(BATCH) % GROUPS
+    cases = {
+        "nan loss": lambda: (torch.full((BATCH, 3), float("nan")) if rank == 1 else torch.randn(BATCH, 3), y, g),
+        "empty batch": lambda: (torch.randn(0 if rank == 1 else BATCH, 3), y[: 0 if rank == 1 else BATCH],
+                                g[: 0 if rank == 1 else BATCH]),
+    }  # fmt: skip
+    for name, make in cases.items():
+        problem = cc.CEAG(reference=REFERENCE, tolerance=0.0, buffer_size=3)
+        steps = 0
+        try:
+            for step in range(3):
+                logits, targets, ids = make() if step == 1 else (torch.randn(BATCH, 3), y, g)
+                problem.compute_cmp_state(logits=logits, targets=targets, group_ids=ids)
+                steps += 1
+            outcomes[name] = ("no error", steps)
+        except ValueError as error:
+            outcomes[name] = (type(error).__name__, steps)
+        # Caught and continued: the collectives of both ranks must still pair up.
+        problem.compute_cmp_state(logits=torch.randn(BATCH, 3), targets=y, group_ids=g)
+    for name, other in {"detach_overall": {"detach_overall": rank == 1},
+                        "reference": {"reference": REFERENCE if rank == 0 else cc.GroupMetrics(
+                            REFERENCE.group_accuracy.flip(0), REFERENCE.group_loss, REFERENCE.group_count,
+                            REFERENCE.accuracy, REFERENCE.loss, REFERENCE.num_samples)}}.items():  # fmt: skip
+        try:
+            problem = cc.CEAG(**{"reference": REFERENCE, "buffer_size": 3, **other})
+            problem.compute_cmp_state(logits=torch.randn(BATCH, 3), targets=y, group_ids=g)
+            outcomes[name] = ("no error", "")
+        except ValueError as error:
+            outcomes[name] = (type(error).__name__, str(error))
+    torch.save(outcomes, Path(out_dir) / f"fail{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_failure_on_one_rank_fails_every_rank_at_the_same_step_without_hanging():
+    """Regression (issue #16 item 3): the other rank blocked until the process-group timeout."""
+    import time
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(failing_worker, args=(2, os.path.join(out_dir, "init"), out_dir), nprocs=2, join=True)
+        outcomes = [torch.load(Path(out_dir) / f"fail{r}.pt", weights_only=True) for r in range(2)]
+    assert time.perf_counter() - started < 60  # a hang would have hit the 20 s timeout and failed the spawn
+    assert outcomes[1]["nan loss"] == ("NonFiniteError", 1)
+    assert outcomes[0]["nan loss"] == ("OtherRankError", 1)
+    assert outcomes[1]["empty batch"] == ("ValueError", 1)
+    assert outcomes[0]["empty batch"] == ("OtherRankError", 1)
+    for rank in outcomes:
+        assert rank["detach_overall"][0] == "ValueError"
+        assert "detach_overall: [False, True]" in rank["detach_overall"][1]
+        assert rank["reference"][0] == "ValueError"
+        assert "reference:" in rank["reference"][1]

@@ -7,6 +7,7 @@ replay buffers' feeding order, the Cooper plumbing and checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -290,34 +291,66 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             logits = model(inputs)
         if targets is None or group_ids is None:
             raise ValueError("`targets` and `group_ids` are required.")
-        stats = self.batch_statistics(logits, targets, group_ids)
+        step = f"step {self.num_steps}"
+        stats = self._agreed(lambda: self.batch_statistics(logits, targets, group_ids), step)
         if self.skip_nonfinite and self._any_rank_nonfinite(stats.loss):
             # No loss and no constraint: Cooper computes no gradient, and torch optimizers skip
             # parameters without gradients, so neither the model nor the multipliers move.
             self.skipped_steps += 1
             return cooper.CMPState(loss=None, misc={"stats": stats, "skipped": True})
+        dual_stats = self._agreed(lambda: self._dual_statistics(stats, model, inputs, targets, estimate_inputs), step)
+        # Under torch.distributed the multiplier side sees the union of all ranks' batches.
+        global_stats = self._all_ranks(dual_stats) if distributed.is_distributed() else dual_stats
+        return self._constraint_state(stats, global_stats)
+
+    @staticmethod
+    def _agreed(compute: Any, where: str) -> Any:
+        """``compute()``; under torch.distributed a ``ValueError`` on one rank is raised on every rank.
+
+        Without that, the failing rank stops before the next collective while the others block in
+        it until the process group times out (30 minutes by default).
+        """
+        if not distributed.is_distributed():
+            return compute()
+        result, failure = None, None
+        try:
+            result = compute()
+        except ValueError as error:
+            failure = error
+        distributed.fail_together(failure, where)
+        return result
+
+    def _dual_statistics(
+        self,
+        stats: BatchStatistics,
+        model: torch.nn.Module | None,
+        inputs: Any,
+        targets: torch.Tensor,
+        estimate_inputs: Any,
+    ) -> BatchStatistics:
+        """The multiplier side's statistics of this rank's batch, once the batch loss is checked."""
         if self.check_finite:
             check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
-        # The multiplier side sees held-out batches if given, and under torch.distributed the
-        # union of all ranks' batches.
+        # The multiplier side sees held-out batches if given, or the clean batch in eval mode.
         if self.heldout is not None:
-            dual_stats = self._heldout_statistics(model, inputs)
-        elif self.constraint_estimate == "eval":
-            if model is None:
-                raise ValueError(
-                    "constraint_estimate='eval' evaluates the model on the clean batch: call compute_cmp_state "
-                    "with `model` and `inputs` (not precomputed `logits`)."
-                )
-            clean_logits = self._eval_logits(model, inputs if estimate_inputs is None else estimate_inputs)
-            if clean_logits.shape[0] != logits.shape[0]:
-                raise ValueError(
-                    f"`estimate_inputs` gave {clean_logits.shape[0]} outputs for a batch of {logits.shape[0]}: "
-                    "pass the same samples as `inputs`, unaugmented, in the same order."
-                )
-            dual_stats = self.batch_statistics(clean_logits, targets, stats.group_ids)
-        else:
-            dual_stats = stats
-        global_stats = self._all_ranks(dual_stats) if distributed.is_distributed() else dual_stats
+            return self._heldout_statistics(model, inputs)
+        if self.constraint_estimate != "eval":
+            return stats
+        if model is None:
+            raise ValueError(
+                "constraint_estimate='eval' evaluates the model on the clean batch: call compute_cmp_state "
+                "with `model` and `inputs` (not precomputed `logits`)."
+            )
+        clean_logits = self._eval_logits(model, inputs if estimate_inputs is None else estimate_inputs)
+        if clean_logits.shape[0] != stats.logits.shape[0]:
+            raise ValueError(
+                f"`estimate_inputs` gave {clean_logits.shape[0]} outputs for a batch of {stats.logits.shape[0]}: "
+                "pass the same samples as `inputs`, unaugmented, in the same order."
+            )
+        return self.batch_statistics(clean_logits, targets, stats.group_ids)
+
+    def _constraint_state(self, stats: BatchStatistics, global_stats: BatchStatistics) -> cooper.CMPState:
+        """Feed the estimates, then the Cooper state from the local (proxy) and all-rank (strict) statistics."""
         active = self.mitigation_active
         self.update_estimates(global_stats)
         self.num_steps += 1
@@ -398,8 +431,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         """
         world = distributed.rank_and_world()[1]
         if self._synchronized_world != world:
-            numeric = {k: float(v) for k, v in self.config().items() if isinstance(v, (int, float)) and v is not None}
-            distributed.check_same_on_all_ranks(numeric, f"the configuration of {type(self).__name__}")
+            distributed.check_same_config_on_all_ranks(self._identity(), f"the configuration of {type(self).__name__}")
             self.broadcast_state()
             self._synchronized_world = world
         ids = stats.group_ids
@@ -432,6 +464,22 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             group_count=counts,
             present=counts > 0,
         )
+
+    def _identity(self) -> dict[str, Any]:
+        """What must agree between ranks: the config, every public setting, and the reference itself."""
+        counters = {"num_steps", "skipped_steps", "training"}  # state, compared by the broadcast instead
+        settings = {
+            k: v for k, v in vars(self).items()
+            if not k.startswith("_") and k not in counters and isinstance(v, (bool, int, float, str, type(None)))
+        }  # fmt: skip
+        reference = {}
+        for name, metrics in (("reference", self.reference), ("heldout_reference", self.heldout_reference)):
+            if metrics is not None:
+                digest = hashlib.sha256()
+                for tensor in metrics.state_dict().values():
+                    digest.update(tensor.detach().cpu().double().contiguous().numpy().tobytes())
+                reference[name] = digest.hexdigest()[:16]
+        return {**settings, **self.config(), **reference}
 
     def broadcast_state(self, src: int = 0) -> None:
         """Copy rank ``src``'s multipliers and extra state (e.g. buffers) to every rank.
