@@ -64,6 +64,7 @@ def load_module(name):
         sys.path.insert(0, str(RUNNER.parent))
     spec = importlib.util.spec_from_file_location(name, RUNNER.with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -253,3 +254,13 @@ def test_quick_protocol_selection_never_reads_the_test_split(tmp_path, monkeypat
     assert "(chosen)" in (tmp_path / "select_protocol_quick.md").read_text()
     full = real_load(pipeline.ExperimentConfig.from_dict({**select.GRIDS["quick"]["base"], "seed": 0}))
     assert len(loaded[0].train) + len(loaded[0].test) == len(full.train)
+
+
+def test_reliability_table_holds_and_matches_the_committed_one(tmp_path):
+    """Every case of issue #16 gives what it must (a clear error or a correct result), as committed."""
+    reliability = load_module("reliability")
+    payload = reliability.main(["--output", str(tmp_path)])
+    assert [r["case"] for r in payload["rows"] if not r["ok"]] == []
+    committed = json.loads((RUNNER.parent / "results" / "reliability.json").read_text())
+    assert committed["counts"] == payload["counts"], "run: python benchmarks/reliability.py"
+    assert [r["case"] for r in committed["rows"]] == [r["case"] for r in payload["rows"]]
