@@ -205,6 +205,9 @@ CASES = [
     Case("checkpoint", "a byte flipped inside a tensor", _flipped_checkpoint, CheckpointError, "checksum"),
     Case("checkpoint", "masks saved, loaded without pruner=", _masks_dropped, CheckpointError, "pass the run's pruner"),
     Case("checkpoint", "three concurrent writers, one reader", _concurrent_writers),
+    Case("checkpoint", "resume into a model of another width", lambda tmp: load_checkpoint(
+         save_checkpoint(tmp / "c.pt", **_small_run()), **{**_small_run(), "model": torch.nn.Linear(5, 2)}),
+         CheckpointError, "another model"),
     Case("cli", "--batch-size 0", _cli("prune", "--task", "synthetic", "--output-dir", "{tmp}", "--batch-size", "0"),
          ValueError, "`batch_size` must be an integer >= 1"),
     Case("cli", "--width 0", _cli("prune", "--task", "synthetic", "--output-dir", "{tmp}", "--width", "0"),

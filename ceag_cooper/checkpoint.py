@@ -168,12 +168,19 @@ def load_checkpoint(
         )
     if payload["pruner"] is None and pruner is not None:
         raise CheckpointError(f"{path} was saved without a pruner: drop `pruner=`, or load the run that pruned.")
-    model.load_state_dict(payload["model"])
-    problem.load_state_dict(payload["problem"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if pruner is not None:
-        pruner.load_state_dict(payload["pruner"])
-    if scheduler is not None:
-        scheduler.load_state_dict(payload["scheduler"])
+    try:
+        model.load_state_dict(payload["model"])
+        problem.load_state_dict(payload["problem"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if pruner is not None:
+            pruner.load_state_dict(payload["pruner"])
+        if scheduler is not None:
+            scheduler.load_state_dict(payload["scheduler"])
+    except (RuntimeError, KeyError, ValueError) as error:  # shapes or keys of another model / problem
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path} was saved by a run with another model, problem or optimizer ({first[:300]}); build them "
+            "exactly as that run did, or start afresh."
+        ) from error
     _set_rng_state(payload["rng"], generator)
     return {**payload["counters"], "extra": payload["extra"]} if payload["extra"] else payload["counters"]

@@ -190,3 +190,12 @@ def test_truncated_missing_and_foreign_files_give_clear_errors(tmp_path):
     torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not written by"):
         load_checkpoint(tmp_path / "other.pt", **small_run())
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    """Regression (issue #16 item 7): --resume with another width ended in a state_dict traceback."""
+    path = save_checkpoint(tmp_path / "c.pt", **small_run())
+    other = small_run()
+    other["model"] = torch.nn.Linear(5, 2)
+    with pytest.raises(CheckpointError, match="saved by a run with another model, problem or optimizer"):
+        load_checkpoint(path, **other)
