@@ -228,6 +228,12 @@ CASES = [
          "NaN or inf"),
     Case("numeric", "reference fields of different lengths", _reference(group_loss=torch.tensor([0.3, 0.5, 0.1])),
          ValueError, "one length"),
+    Case("numeric", "reference of another GroupSpec (attributes swapped)", lambda tmp: cc.DisparityReport.from_metrics(
+         *(cc.evaluate_groups(torch.nn.Linear(2, 2), [(torch.randn(6, 2), torch.arange(6) % 2, torch.stack(
+             [torch.arange(6) % 2, torch.arange(6) % 3], 1).flip(1) if flip else torch.stack(
+             [torch.arange(6) % 2, torch.arange(6) % 3], 1))], groups=spec)
+           for spec, flip in ((cc.GroupSpec([2, 3]), False), (cc.GroupSpec([3, 2]), True)))),
+         ValueError, "different GroupSpecs"),
     Case("numeric", "target -100 (ignore_index)", _problem_call(targets=torch.tensor([0, -100, 1]),
          group_ids=torch.tensor([0, 1, 0])), ValueError, "class indices"),
     Case("numeric", "a group named twice in an (N, M) id row", _problem_call(targets=torch.tensor([0, 1, 1]),

@@ -11,6 +11,7 @@ Two ways to combine attributes:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -85,6 +86,16 @@ class GroupSpec:
             offsets.append(offsets[-1] + size)
         self._offsets = torch.tensor(offsets, dtype=torch.long)
         self._sizes = torch.tensor(sizes, dtype=torch.long)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of sizes, names, value names and mode: which groups ids and statistics refer to.
+
+        :func:`evaluate_groups` stores it in the :class:`GroupMetrics` it returns, and comparisons of
+        statistics with different fingerprints are refused.
+        """
+        text = repr((self.attribute_sizes, self.attribute_names, self.value_names, self.mode))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
     def num_attributes(self) -> int:

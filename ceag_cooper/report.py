@@ -102,8 +102,7 @@ class DisparityReport:
         never_feasible: Sequence[str] | None = None,
     ) -> DisparityReport:
         """Build from the dense and sparse models' :class:`GroupMetrics` on the same split."""
-        if dense.num_groups != sparse.num_groups:
-            raise ValueError(f"dense has {dense.num_groups} groups but sparse has {sparse.num_groups}.")
+        dense.check_same_groups(sparse, "the dense and the sparse statistics")
         names = list(group_names) if group_names is not None else [str(g) for g in range(dense.num_groups)]
         return cls(
             group_names=names,

@@ -7,6 +7,7 @@ Everything stays on the input's device: ``index_add`` / ``bincount``, no Python 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -209,6 +210,9 @@ class GroupMetrics:
     accuracy: torch.Tensor
     loss: torch.Tensor
     num_samples: torch.Tensor
+    spec: str | None = None
+    """The :attr:`GroupSpec.fingerprint` of the groups these statistics are about (``None``: unknown,
+    e.g. computed from integer ids). Comparisons of two statistics with different specs are refused."""
 
     def __post_init__(self) -> None:
         per_group = {"group_accuracy": self.group_accuracy, "group_loss": self.group_loss,
@@ -251,10 +255,9 @@ class GroupMetrics:
 
     def to(self, device: torch.device | str) -> GroupMetrics:
         """A copy on ``device``."""
-        return GroupMetrics(**{k: v.to(device) for k, v in self.state_dict().items()})
+        return GroupMetrics(**{k: v.to(device) for k, v in self._tensors().items()}, spec=self.spec)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors, by field name (loads with ``torch.load(weights_only=True)``)."""
+    def _tensors(self) -> dict[str, torch.Tensor]:
         return {
             "group_accuracy": self.group_accuracy,
             "group_loss": self.group_loss,
@@ -264,10 +267,26 @@ class GroupMetrics:
             "num_samples": self.num_samples,
         }
 
+    def state_dict(self) -> dict[str, torch.Tensor | str]:
+        """The tensors by field name, and ``spec`` if known (loads with ``torch.load(weights_only=True)``)."""
+        return {**self._tensors(), **({"spec": self.spec} if self.spec is not None else {})}
+
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GroupMetrics:
+    def from_state_dict(cls, state: dict[str, torch.Tensor | str]) -> GroupMetrics:
         """Rebuild from :meth:`state_dict` output."""
-        return cls(**{k: torch.as_tensor(state[k]) for k in cls.__dataclass_fields__})
+        tensors = {k: torch.as_tensor(state[k]) for k in cls.__dataclass_fields__ if k != "spec"}
+        return cls(**tensors, spec=state.get("spec"))  # type: ignore[arg-type]
+
+    def check_same_groups(self, other: GroupMetrics, what: str = "the two statistics") -> None:
+        """Raise if ``other`` is about other groups (another :class:`GroupSpec`, or another count)."""
+        if other.num_groups != self.num_groups:
+            raise ValueError(f"{what} have {self.num_groups} and {other.num_groups} groups; use one GroupSpec.")
+        if self.spec is not None and other.spec is not None and self.spec != other.spec:
+            raise ValueError(
+                f"{what} were computed with different GroupSpecs (fingerprints {self.spec} and {other.spec}: other "
+                "attribute sizes, order, names or mode), so group g is not the same group in both; compute both "
+                "with the same GroupSpec."
+            )
 
 
 class GroupMetricsAccumulator:
@@ -456,4 +475,5 @@ def evaluate_groups(
         model.train(was_training)
     if position == 0 and not synchronize:
         raise ValueError("`loader` yielded no batch: cannot compute group statistics of an empty data set.")
-    return accumulator.compute(all_ranks=synchronize)
+    metrics = accumulator.compute(all_ranks=synchronize)
+    return dataclasses.replace(metrics, spec=spec.fingerprint) if spec is not None else metrics

@@ -172,3 +172,33 @@ def test_evaluate_groups_device_must_match_the_model():
         evaluate_groups(model, data, groups=2, device="meta")
     with pytest.raises(ValueError, match="num_groups"):
         GroupMetricsAccumulator(0)
+
+
+def test_statistics_of_different_group_specs_are_not_compared():
+    """Regression (issue #16 item 8): a reference of another GroupSpec compared the wrong groups."""
+    import ceag_cooper as cc
+
+    x, y = torch.randn(12, 3), torch.randint(0, 2, (12,))
+    attributes = torch.stack([torch.arange(12) % 2, torch.arange(12) % 3], dim=1)
+    model = torch.nn.Linear(3, 2)
+    a = cc.GroupSpec([2, 3], attribute_names=["sex", "race"])
+    b = cc.GroupSpec([3, 2], attribute_names=["race", "sex"])
+    dense = cc.evaluate_groups(model, [(x, y, attributes)], groups=a)
+    swapped = cc.evaluate_groups(model, [(x, y, attributes.flip(1))], groups=b)
+    assert dense.spec == a.fingerprint != b.fingerprint
+    assert cc.GroupMetrics.from_state_dict(torch.load(_saved(dense.state_dict()), weights_only=True)).spec == dense.spec
+    with pytest.raises(ValueError, match="different GroupSpecs"):
+        cc.DisparityReport.from_metrics(dense, swapped)
+    same = cc.evaluate_groups(model, [(x, y, attributes)], groups=cc.GroupSpec([2, 3], attribute_names=["sex", "race"]))
+    assert cc.DisparityReport.from_metrics(dense, same).max_psi == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="another GroupSpec than `heldout_spec`"):
+        cc.CEAG(reference=dense, heldout=[(x, y, attributes)], heldout_reference=dense, heldout_spec=b)
+
+
+def _saved(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer

@@ -182,6 +182,18 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             raise ValueError(
                 f"`heldout_reference` has {heldout_reference.num_groups} groups, the problem {num_groups}."
             )
+        if reference is not None and heldout_reference is not None:
+            reference.check_same_groups(heldout_reference, "`reference` and `heldout_reference`")
+        for name, metrics in (("reference", reference), ("heldout_reference", heldout_reference)):
+            if (
+                heldout_spec is not None
+                and metrics is not None
+                and metrics.spec not in (None, heldout_spec.fingerprint)
+            ):
+                raise ValueError(
+                    f"`{name}` was computed with another GroupSpec than `heldout_spec` (fingerprints {metrics.spec} "
+                    f"and {heldout_spec.fingerprint}): its group g is not the held-out batches' group g."
+                )
         if heldout is not None and hasattr(heldout, "__len__") and len(heldout) == 0:
             raise ValueError("`heldout` is empty: give at least one held-out batch.")
         if heldout is not None and iter(heldout) is heldout:
@@ -476,8 +488,10 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         for name, metrics in (("reference", self.reference), ("heldout_reference", self.heldout_reference)):
             if metrics is not None:
                 digest = hashlib.sha256()
-                for tensor in metrics.state_dict().values():
-                    digest.update(tensor.detach().cpu().double().contiguous().numpy().tobytes())
+                for value in metrics.state_dict().values():
+                    is_tensor = isinstance(value, torch.Tensor)
+                    digest.update(value.detach().cpu().double().contiguous().numpy().tobytes() if is_tensor
+                                  else str(value).encode())  # fmt: skip
                 reference[name] = digest.hexdigest()[:16]
         return {**settings, **self.config(), **reference}
 
