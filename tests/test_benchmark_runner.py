@@ -264,3 +264,17 @@ def test_reliability_table_holds_and_matches_the_committed_one(tmp_path):
     committed = json.loads((RUNNER.parent / "results" / "reliability.json").read_text())
     assert committed["counts"] == payload["counts"], "run: python benchmarks/reliability.py"
     assert [r["case"] for r in committed["rows"]] == [r["case"] for r in payload["rows"]]
+
+
+def test_the_12_epoch_grids_run_ceag_with_the_options_chosen_on_held_out_data():
+    """The options in a `_12ep` grid's CEAG rows are the committed selection's choice, nothing else."""
+    runner = load_runner()
+    select = load_module("select_protocol")
+    path = RUNNER.parent / "results" / "select_protocol_utk_race_12ep.json"
+    for name in ("utk_race_12ep", "utk_race_by_race_gender_12ep"):
+        grid = runner.GRIDS[name]
+        if not path.exists():
+            assert "selected" not in grid, f"{name} claims a selection that is not committed"
+            continue
+        chosen = json.loads(path.read_text())["chosen"]
+        assert grid["selected"] == {"ceag": select.CANDIDATES[chosen]}, name
