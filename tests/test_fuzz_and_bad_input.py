@@ -1,5 +1,7 @@
 """Hypothesis fuzzing of compute_cmp_state, NaN handling, and the catalogue of bad inputs."""
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given
@@ -207,3 +209,23 @@ def test_ignore_index_targets_and_repeated_group_ids_are_refused():
     state = problem.compute_cmp_state(logits=logits, targets=torch.tensor([0, 1, 1]),
                                       group_ids=torch.tensor([[0, 1], [1, 0], [0, 1]]))  # fmt: skip
     assert state.misc["stats"].group_count.tolist() == [3.0, 3.0]
+
+
+def test_likely_unit_mistakes_warn():
+    """Issue #17 item 7: tolerance in points, and raw attributes passed as (N, 2) group ids."""
+    ref = cc.GroupMetrics(torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]), torch.ones(5), torch.full((5,), 2.0),
+                          torch.tensor(0.7), torch.tensor(1.0), torch.tensor(10.0))  # fmt: skip
+    with pytest.warns(UserWarning, match=r"tolerances are fractions \(0.01 = one point\)"):
+        cc.CEAG(reference=ref, tolerance=5)
+    with pytest.warns(UserWarning, match="a negative target"):
+        cc.CEAG(reference=ref, tolerance=0.01, margin=0.02)
+    spec = cc.GroupSpec([2, 3], mode="marginal")
+    attributes = torch.tensor([[0, 2], [1, 0], [0, 1]])
+    problem = cc.CEAG(reference=ref, buffer_size=None)
+    with pytest.warns(UserWarning, match=r"look like protected \*attributes\*"):
+        problem.compute_cmp_state(logits=torch.randn(3, 2), targets=torch.tensor([0, 1, 0]), group_ids=attributes)
+    fresh = cc.CEAG(reference=ref, buffer_size=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right ids: no warning (negative control)
+        fresh.compute_cmp_state(logits=torch.randn(3, 2), targets=torch.tensor([0, 1, 0]),
+                                group_ids=spec.group_ids(attributes))  # fmt: skip

@@ -8,6 +8,7 @@ replay buffers' feeding order, the Cooper plumbing and checkpoints.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -55,6 +56,22 @@ class BatchStatistics:
     group_accuracy: torch.Tensor
     group_count: torch.Tensor
     present: torch.Tensor
+
+
+def _warn_if_attributes(group_ids: torch.Tensor) -> None:
+    """Warn when ``(N, M)`` ids look like raw attribute values rather than marginal group ids.
+
+    ``GroupSpec(..., mode="marginal").group_ids`` gives column ``j`` ids in its own range, above every
+    id of column ``j - 1``; raw attributes (values ``0..size-1`` per column) overlap between columns.
+    """
+    low = group_ids.min(dim=0).values
+    high = group_ids.max(dim=0).values
+    if bool((low[1:] <= high[:-1]).any()):
+        warnings.warn(
+            "`group_ids` of shape (N, M) whose columns overlap look like protected *attributes*, not group ids: "
+            "convert them with spec.group_ids(attributes) (GroupSpec). (N, M) ids mean each sample is in M groups.",
+            stacklevel=4,
+        )
 
 
 class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
@@ -207,6 +224,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self._heldout_position = 0  # batches drawn so far (a list of batches resumes exactly)
         self.heldout_reference = heldout_reference.to(self.device) if heldout_reference is not None else None
         self._synchronized_world = 1  # world size at the last distributed set-up
+        self._ids_checked = False  # whether (N, M) ids were checked for looking like raw attributes
         if self.constraint_type is not None:
             count = self.num_constraints()
             multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=count, device=self.device)
@@ -251,6 +269,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         """Per-group loss and accuracy of one batch (vectorized, differentiable loss)."""
         group_ids = check_group_ids(group_ids, self.num_groups)
         check_same_device(group_ids, self.device, "group_ids")
+        if group_ids.dim() == 2 and not self._ids_checked:  # once: a host read, off the hot path after
+            self._ids_checked = True
+            _warn_if_attributes(group_ids)
         if group_ids.shape[0] != logits.shape[0]:
             raise ValueError(f"`group_ids` has {group_ids.shape[0]} rows but the batch has {logits.shape[0]} samples.")
         loss, correct = per_sample_loss_and_correct(logits, targets, self.loss_fn)

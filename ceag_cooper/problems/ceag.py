@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
@@ -120,6 +121,18 @@ class CEAG(GroupFairnessProblem):
             )
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         self.margin = check_non_negative_float(margin, "margin")
+        if self.tolerance > 0.5:
+            warnings.warn(
+                f"tolerance={tolerance} allows each group to lose {100 * self.tolerance:g} accuracy points more than "
+                "average: tolerances are fractions (0.01 = one point). Pass tolerance=0.01 for one point.",
+                stacklevel=2,
+            )
+        if self.margin > self.tolerance:
+            warnings.warn(
+                f"margin={margin} exceeds tolerance={tolerance}: the multipliers then demand that every group do "
+                f"better than average by {100 * (self.margin - self.tolerance):g} points (a negative target).",
+                stacklevel=2,
+            )
         if buffer_size is not None:
             check_positive_int(buffer_size, "buffer_size")
         if overall not in ("population", "balanced"):
