@@ -8,7 +8,7 @@ Everything stays on the input's device: ``index_add`` / ``bincount``, no Python 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +24,14 @@ __all__ = [
     "GroupMetrics",
     "GroupMetricsAccumulator",
     "LossFn",
+    "call_model",
     "evaluate_groups",
     "flatten_membership",
     "group_loss_accuracy",
     "group_means",
     "group_sums",
+    "model_logits",
+    "move_to",
     "per_sample_loss_and_correct",
 ]
 
@@ -386,6 +389,49 @@ class GroupMetricsAccumulator:
         )
 
 
+def model_logits(output: object) -> torch.Tensor:
+    """The ``(N, C)`` logits in a model's output.
+
+    A tensor, ``output.logits`` (Hugging Face model outputs), ``output["logits"]``, or the first
+    element of a tuple.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> model_logits(SimpleNamespace(logits=torch.zeros(2, 3))).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(getattr(output, "logits", None), torch.Tensor):
+        return output.logits  # type: ignore[attr-defined]
+    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"cannot find logits in a model output of type {type(output).__name__}: return a tensor, an object with "
+        "`.logits` or a dict with 'logits', or compute them yourself and pass `logits=`."
+    )
+
+
+def move_to(inputs: object, device: torch.device) -> object:
+    """``inputs`` on ``device``: a tensor, or a dict / list / tuple of them (e.g. tokenizer output)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, Mapping):  # dicts, Hugging Face BatchEncoding (a UserDict)
+        return {key: move_to(value, device) for key, value in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(move_to(item, device) for item in inputs)
+    return inputs
+
+
+def call_model(model: torch.nn.Module, inputs: object) -> torch.Tensor:
+    """``model(inputs)`` (``model(**inputs)`` for a mapping, e.g. tokenizer output), reduced to its logits."""
+    if isinstance(inputs, Mapping):
+        return model_logits(model(**inputs))
+    return model_logits(model(inputs))
+
+
 def _unpack_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) != 3:
         raise ValueError(
@@ -463,13 +509,13 @@ def evaluate_groups(
     try:
         for batch in iterator:
             inputs, targets, third = _unpack_batch(batch)
-            inputs, targets, third = inputs.to(device), targets.to(device), third.to(device)
+            inputs, targets, third = move_to(inputs, device), targets.to(device), third.to(device)
             group_ids = spec.group_ids(third) if spec is not None else third
             weights = None
             if dataset_size is not None:
                 local = torch.arange(position, position + targets.shape[0], device=device)
                 weights = (rank + local * world < dataset_size).to(torch.float32)
-            accumulator.update(model(inputs), targets, group_ids, loss_fn=loss_fn, weights=weights)
+            accumulator.update(call_model(model, inputs), targets, group_ids, loss_fn=loss_fn, weights=weights)
             position += targets.shape[0]
     finally:
         model.train(was_training)

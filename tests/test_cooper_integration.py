@@ -207,3 +207,69 @@ def test_group_ids_on_another_device_and_dtype_only_moves():
 def test_detach_overall_must_be_a_bool():
     with pytest.raises(TypeError, match="`detach_overall` must be a bool"):
         CEAG(reference=REFERENCE, detach_overall="yes")
+
+
+class _Output:
+    """What Hugging Face classifiers return: an object with ``.logits`` (and a loss we ignore)."""
+
+    def __init__(self, logits):
+        self.logits, self.loss = logits, None
+
+
+class _TinyTextClassifier(torch.nn.Module):
+    """Called as ``model(input_ids=..., attention_mask=...)``, like a Hugging Face model."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 8)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return _Output(self.head(pooled))
+
+
+def test_models_with_dict_inputs_and_output_objects_train_and_evaluate():
+    """Issue #17 item 5: `roll` and `evaluate_groups` failed on SequenceClassifierOutput and dict inputs."""
+    from collections import UserDict
+
+    import ceag_cooper as cc
+
+    torch.manual_seed(0)
+    batches = [({"input_ids": torch.randint(0, 20, (6, 5)), "attention_mask": torch.ones(6, 5, dtype=torch.long)},
+                torch.randint(0, 2, (6,)), torch.arange(6) % 2) for _ in range(4)]  # fmt: skip
+    model = _TinyTextClassifier()
+    reference = cc.evaluate_groups(model, batches, groups=2)
+    plain = cc.evaluate_groups(lambda_model(model), [(torch.stack([b[0]["input_ids"], b[0]["attention_mask"]]),
+                                                      b[1], b[2]) for b in batches], groups=2)  # fmt: skip
+    torch.testing.assert_close(reference.group_accuracy, plain.group_accuracy)
+    problem = cc.CEAG(reference=reference, buffer_size=None, constraint_estimate="eval")
+    optimizer = cc.build_optimizer(problem, torch.optim.SGD(model.parameters(), lr=0.5), dual_lr=0.5)
+    before = model.head.weight.detach().clone()
+    for inputs, targets, ids in batches:
+        encoded = UserDict(inputs)  # tokenizer output (BatchEncoding) is a UserDict
+        optimizer.roll(compute_cmp_state_kwargs={"model": model, "inputs": encoded, "targets": targets,
+                                                 "group_ids": ids})  # fmt: skip
+    assert not torch.equal(model.head.weight, before)
+    with pytest.raises(TypeError, match="cannot find logits"):
+        cc.CEAG(reference=reference, buffer_size=None).compute_cmp_state(
+            lambda_model(lambda x: "not logits"), torch.zeros(1), torch.tensor([0]), torch.tensor([0])
+        )
+
+
+def lambda_model(function):
+    """Wrap ``function`` as a module; for the stacked-tensor form of the same batches."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = function if isinstance(function, torch.nn.Module) else None
+            self.function = function
+
+        def forward(self, x):
+            if self.inner is not None:
+                return self.inner(input_ids=x[0], attention_mask=x[1])
+            return self.function(x)
+
+    return Wrapped()

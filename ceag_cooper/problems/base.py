@@ -20,7 +20,14 @@ from ceag_cooper import distributed
 from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.native import Backend, check_backend
-from ceag_cooper.stats import GroupMetrics, LossFn, group_loss_accuracy, per_sample_loss_and_correct
+from ceag_cooper.stats import (
+    GroupMetrics,
+    LossFn,
+    call_model,
+    group_loss_accuracy,
+    move_to,
+    per_sample_loss_and_correct,
+)
 
 __all__ = ["BatchStatistics", "ConstraintEstimate", "GroupFairnessProblem"]
 
@@ -321,7 +328,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if logits is None:
             if model is None or inputs is None:
                 raise ValueError("pass either `model` and `inputs`, or precomputed `logits`.")
-            logits = model(inputs)
+            logits = call_model(model, inputs)
         if targets is None or group_ids is None:
             raise ValueError("`targets` and `group_ids` are required.")
         step = f"step {self.num_steps}"
@@ -443,7 +450,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             )
         x, targets, group_ids = self._next_heldout()
         device = inputs.device if isinstance(inputs, torch.Tensor) else self.device
-        return self.batch_statistics(self._eval_logits(model, x.to(device)), targets, group_ids)
+        return self.batch_statistics(self._eval_logits(model, move_to(x, device)), targets, group_ids)
 
     @staticmethod
     @torch.no_grad()
@@ -452,7 +459,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         was_training = model.training
         model.eval()
         try:
-            return model(inputs)
+            return call_model(model, inputs)
         finally:
             model.train(was_training)
 
