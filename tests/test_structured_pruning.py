@@ -96,3 +96,43 @@ def test_torchvision_models(name):
     small = pruner.finalize()
     torch.testing.assert_close(small(example), masked, atol=1e-5, rtol=1e-4)
     assert sum(p.numel() for p in small.parameters()) < pruner.dense_params
+
+
+@pytest.mark.parametrize(
+    ("norm", "name"),
+    [(lambda: nn.LayerNorm(16), "LayerNorm"), (lambda: nn.GroupNorm(4, 16), "GroupNorm")],
+)
+def test_channel_mixing_norms_are_refused_not_silently_wrong(norm, name):
+    """Regression (issue #17 item 1): masked != finalized by 0.18 (LayerNorm) and 0.31 (GroupNorm)."""
+    torch.manual_seed(0)
+    if name == "LayerNorm":
+        model = nn.Sequential(nn.Linear(8, 16), norm(), nn.ReLU(), nn.Linear(16, 3))
+        example = torch.randn(4, 8)
+    else:
+        model = nn.Sequential(nn.Conv2d(3, 16, 3), norm(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+        model(torch.randn(1, 3, 8, 8))
+        example = torch.randn(4, 3, 8, 8)
+    pruner = ChannelPruner(model, example, schedule=OneShotSchedule(0.5))
+    with pytest.raises(ValueError, match=rf"\({name}\) normalizes over the channels that would be pruned"):
+        pruner.step(0)
+
+
+def test_finalize_refuses_a_removal_that_changes_the_outputs(monkeypatch):
+    """finalize() compares the finalized outputs with the masked model's and keeps the model on a mismatch."""
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=5, width=8)
+    example = torch.randn(2, 3, 32, 32)
+    pruner = ChannelPruner(model, example, schedule=OneShotSchedule(0.5))
+    pruner.step(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    original = ChannelPruner._remove_channels
+
+    def wrong_channels(self, target):  # as if a coupled layer were handled wrongly
+        self._pruned = {name: {(i + 1) % 8 for i in idxs} for name, idxs in self._pruned.items()}
+        original(self, target)
+
+    monkeypatch.setattr(ChannelPruner, "_remove_channels", wrong_channels)
+    with pytest.raises(ValueError, match="changes the model's outputs on `example_inputs` by up to"):
+        pruner.finalize()
+    assert not pruner.finalized
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # left masked and unchanged
