@@ -142,18 +142,7 @@ def _names(groups: list[str] | None) -> str:
 
 
 def _report_from_dict(result: dict[str, Any], split: str) -> DisparityReport:
-    rows = result["reports"][split]["by_group"]
-    overall = result["reports"][split]["overall"]
-    return DisparityReport(
-        group_names=list(rows),
-        dense_accuracy=[r["dense_accuracy"] for r in rows.values()],
-        sparse_accuracy=[r["sparse_accuracy"] for r in rows.values()],
-        count=[r["count"] for r in rows.values()],
-        dense_overall=overall["dense_accuracy"],
-        sparse_overall=overall["sparse_accuracy"],
-        tolerance=overall["tolerance"],
-        never_feasible=overall.get("never_feasible"),
-    )
+    return DisparityReport.from_dict(result["reports"][split])
 
 
 def write_report(results: Sequence[dict[str, Any]], output: Path) -> Path:

@@ -195,6 +195,63 @@ class DisparityReport:
 
         return {"overall": clean(self.overall), "by_group": clean(self.by_group)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DisparityReport:
+        """Rebuild a report from :meth:`to_dict` output (e.g. a split of a results JSON's ``reports``).
+
+        Example:
+            >>> r = DisparityReport(["a", "b"], [0.9, 0.8], [0.88, 0.70], [50, 50], 0.85, 0.79, tolerance=0.01)
+            >>> DisparityReport.from_dict(r.to_dict()).max_psi == r.max_psi
+            True
+        """
+        try:
+            rows, overall = data["by_group"], data["overall"]
+            return cls(
+                group_names=list(rows),
+                dense_accuracy=[r["dense_accuracy"] for r in rows.values()],
+                sparse_accuracy=[r["sparse_accuracy"] for r in rows.values()],
+                count=[r["count"] for r in rows.values()],
+                dense_overall=overall["dense_accuracy"],
+                sparse_overall=overall["sparse_accuracy"],
+                tolerance=overall.get("tolerance"),
+                never_feasible=overall.get("never_feasible"),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"not a DisparityReport dict (missing or malformed {error}); expected "
+                "{'overall': ..., 'by_group': ...} as written by to_dict() / to_json()."
+            ) from error
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> DisparityReport:
+        """Rebuild a report from :meth:`to_json` text or a file holding it."""
+        text = (
+            Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") else source
+        )
+        return cls.from_dict(json.loads(text))
+
+    def group_max(self) -> float:
+        """The largest sparse group accuracy (fairlearn's ``MetricFrame.group_max``)."""
+        return float(np.nanmax(np.where(self.count > 0, self.sparse_accuracy, np.nan)))
+
+    def group_min(self) -> float:
+        """The smallest sparse group accuracy (fairlearn's ``MetricFrame.group_min``)."""
+        return float(np.nanmin(np.where(self.count > 0, self.sparse_accuracy, np.nan)))
+
+    def difference(self) -> float:
+        """``group_max() - group_min()`` of the sparse accuracies (fairlearn's ``MetricFrame.difference``)."""
+        return self.group_max() - self.group_min()
+
+    def to_frame(self) -> Any:
+        """The per-group rows as a ``pandas.DataFrame`` indexed by group name (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as error:
+            raise ImportError("to_frame() needs pandas: pip install pandas") from error
+        frame = pd.DataFrame.from_dict(self.by_group, orient="index")
+        frame.index.name = "group"
+        return frame
+
     def to_json(self, path: str | Path | None = None) -> str:
         """The report as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2)

@@ -75,3 +75,27 @@ def test_from_metrics_exports_and_plot(tmp_path):
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError, match="one entry per group"):
         DisparityReport(["a"], [0.9, 0.8], [0.9, 0.8], [1, 1], 0.9, 0.9)
+
+
+def test_report_round_trips_and_speaks_fairlearn(tmp_path):
+    """Issue #17 item 9: from_dict/from_json, to_frame, group_min/group_max/difference."""
+    pd = pytest.importorskip("pandas")
+    report = DisparityReport(["a", "b", "c"], [0.9, 0.8, 0.75], [0.88, 0.70, 0.70], [50, 30, 20], 0.83, 0.79,
+                             tolerance=0.01, never_feasible=["b"])  # fmt: skip
+    path = tmp_path / "r.json"
+    report.to_json(path)
+    for again in (DisparityReport.from_dict(report.to_dict()), DisparityReport.from_json(path),
+                  DisparityReport.from_json(path.read_text())):  # fmt: skip
+        assert again.to_dict() == report.to_dict()
+    frame = report.to_frame()
+    assert list(frame.index) == ["a", "b", "c"]
+    # Independent oracle: a pandas group-by of per-sample predictions gives the same group accuracies.
+    samples = pd.DataFrame({"group": ["a"] * 50 + ["b"] * 30 + ["c"] * 20,
+                            "correct": [1] * 44 + [0] * 6 + [1] * 21 + [0] * 9 + [1] * 14 + [0] * 6})  # fmt: skip
+    by_group = samples.groupby("group")["correct"].mean()
+    assert frame["sparse_accuracy"].to_dict() == pytest.approx(by_group.to_dict())
+    assert report.group_max() == pytest.approx(by_group.max())
+    assert report.group_min() == pytest.approx(by_group.min())
+    assert report.difference() == pytest.approx(by_group.max() - by_group.min())
+    with pytest.raises(ValueError, match="not a DisparityReport dict"):
+        DisparityReport.from_dict({"overall": {}})
