@@ -225,9 +225,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(results_table(results))
     nft, ceag = (r["reports"]["train"]["overall"]["max_psi"] for r in results)
+    seconds = time.perf_counter() - started
+    summary = {
+        "command": "ceag-cooper demo" + (" --quick" if args.quick else ""),
+        "seconds": round(seconds, 1),
+        "versions": results[-1]["versions"],
+        "data_fingerprint": results[-1]["data_fingerprint"],
+        "config": asdict(base),
+        "dense": {split: results[0]["reports"][split]["overall"]["dense_accuracy"] for split in ("train", "test")},
+        "rows": {r["config"]["method"]: {split: r["reports"][split]["overall"] for split in ("train", "test")}
+                 for r in results},
+    }  # fmt: skip
+    (output / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(
         f"\ntrain max ψ: NFT {100 * nft:.2f} → CEAG {100 * ceag:.2f} points. "
-        f"Report, plots and JSON in {output}/ ({report.name}); took {time.perf_counter() - started:.0f} s."
+        f"Report, plots and JSON in {output}/ ({report.name}, demo.json); took {seconds:.0f} s."
     )
     return 0
 

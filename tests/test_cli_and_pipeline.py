@@ -83,6 +83,20 @@ def test_demo_quick_on_real_utkface(tmp_path, capsys):
     assert "train max ψ: NFT" in out
     assert (tmp_path / "report.md").exists()
     assert len(list((tmp_path / "results").glob("*.json"))) == 2
+    # The README's demo table is generated from this summary (issue #16 item 2: not by hand).
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_results.py"
+    sys.path.insert(0, str(script.parent))
+    spec = importlib.util.spec_from_file_location("readme_results_demo", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.demo_section(tmp_path)
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert f"| NFT | {100 * summary['rows']['nft']['train']['sparse_accuracy']:.2f} |" in text
+    assert "ceag-cooper demo --quick" in text
 
 
 BOUND_OPTIONS = {"final_iterate": "feasible_best", "constraint_estimate": "eval", "margin": 0.005,
