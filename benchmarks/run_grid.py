@@ -53,12 +53,14 @@ GRIDS: dict[str, dict[str, Any]] = {
         "sparsities": (0.9, 0.95),
         "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
         "seeds": (0, 1, 2, 3, 4),
+        "selected": {"ceag": {"constraint_estimate": "train"}},  # results/select_protocol_utk_race_12ep.md
     },
     "utk_race_by_race_gender_12ep": {
         "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender")},
         "sparsities": (0.9,),
         "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
         "seeds": (0, 1, 2),
+        "selected": {"ceag": {"constraint_estimate": "train"}},  # utk_race's selection, reused (same task family)
     },
     "utk_race": {
         "base": {**LEGACY, "target": "race", "protected": ("race",)},

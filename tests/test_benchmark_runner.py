@@ -213,6 +213,8 @@ def test_settings_selected_for_a_method_override_the_base_and_are_stated(tmp_pat
 def test_each_grid_runs_with_the_dual_lr_chosen_for_its_task_on_held_out_data():
     runner = load_runner()
     for name, grid in runner.GRIDS.items():
+        if name.endswith("_12ep"):  # their options come from select_protocol (the test below)
+            continue
         path = RUNNER.parent / "results" / f"select_{name}.json"
         if not path.exists():
             assert "selected" not in grid, f"{name} claims a selection that is not committed"
