@@ -9,7 +9,9 @@ method and sparsity. Used by the CLI, the examples and the benchmarks.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import inspect
 import json
 import math
 import platform
@@ -193,6 +195,7 @@ class ExperimentConfig:
             fields_["validation"] = True
         if self.uses_heldout:  # trained without the held-out part (see `train_dense`)
             fields_["heldout_fraction"] = HELDOUT_FRACTION
+        fields_["code"] = dense_code_fingerprint()  # a change to the code that trains it retrains it
         text = json.dumps(fields_, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -268,6 +271,24 @@ def load_task(config: ExperimentConfig) -> Task:
         train, test = train.split_by_group(HELDOUT_FRACTION, seed=VALIDATION_SEED)
     spec = train.group_spec(mode=config.group_mode)  # type: ignore[arg-type]
     return Task(train=train, test=test, spec=spec, input_shape=tuple(train.inputs.shape[1:]))
+
+
+@functools.cache
+def dense_code_fingerprint() -> str:
+    """A hash of the source that determines a dense model.
+
+    The models, the data loaders, and the functions of this module that build, augment and train
+    it. Part of :meth:`ExperimentConfig.dense_key`, so a cached dense model is reused across commits
+    only while that code is unchanged.
+    """
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted([*(package / "models").glob("*.py"), *(package / "data").glob("*.py")]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    for function in (build_model, _augment, train_dense):
+        digest.update(inspect.getsource(function).encode())
+    return digest.hexdigest()[:12]
 
 
 def data_fingerprint(task: Task) -> str:

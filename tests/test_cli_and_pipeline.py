@@ -224,3 +224,14 @@ def test_runs_know_their_data_and_settings(tmp_path, monkeypatch):
     (checkpoint.parent / f"{changed.run_name()}.pt").write_bytes(checkpoint.read_bytes())  # as if renamed
     with pytest.raises(CheckpointError, match=r"other settings \(dual_lr\)"):
         run_experiment(changed, task=task, progress=False, resume=True)
+
+
+def test_the_dense_key_follows_the_code_that_trains_the_dense_model(monkeypatch):
+    """Issue #16 item 2: a cached dense model must not outlive a change of the code that trained it."""
+    import ceag_cooper.pipeline as pipeline
+
+    config = ExperimentConfig(**TINY)
+    before = config.dense_key()
+    assert pipeline.dense_code_fingerprint() == pipeline.dense_code_fingerprint()  # stable within a version
+    monkeypatch.setattr(pipeline, "dense_code_fingerprint", lambda: "another version")
+    assert config.dense_key() != before
