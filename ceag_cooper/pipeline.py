@@ -657,6 +657,7 @@ def run_experiment(
         train and test, the epoch log, and where the JSON was written (``"results_path"``).
     """
     started = time.perf_counter()
+    code_version()  # recorded now, before anything can change the checkout under a long run
     task = task or load_task(config)
     dense, checkpoint, reused = train_dense(config, task, progress=progress)
     dense_seconds = time.perf_counter() - started
@@ -706,8 +707,13 @@ def run_experiment(
     return results
 
 
+@functools.cache
 def code_version() -> str:
-    """The git commit of the code that runs (``+dirty`` with uncommitted changes), or ``"unknown"``."""
+    """The git commit of the code that runs (``+dirty`` with uncommitted changes), or ``"unknown"``.
+
+    Read once per process (the first run calls it when it starts): later commits to the checkout do
+    not change what the loaded code is.
+    """
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
