@@ -348,8 +348,9 @@ def demo_section(results: Path = RESULTS) -> str:
         nft, ceag = rows["nft"]["train"], rows["ceag"]["train"]
         lines[-1] += (
             f" CEAG's train max ψ is {100 * ceag['max_psi']:.2f} points against NFT's {100 * nft['max_psi']:.2f} "
-            f"(ε = {100 * demo['config']['tolerance']:g}), for "
-            f"{100 * (nft['sparse_accuracy'] - ceag['sparse_accuracy']):.2f} points of training accuracy."
+            f"(ε = {100 * demo['config']['tolerance']:g}), with a training accuracy "
+            f"{100 * abs(ceag['sparse_accuracy'] - nft['sparse_accuracy']):.2f} points "
+            f"{'lower' if ceag['sparse_accuracy'] < nft['sparse_accuracy'] else 'higher'}."
         )
     return "\n".join([*lines, "<!-- demo:end -->"])
 
