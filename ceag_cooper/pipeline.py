@@ -681,7 +681,7 @@ def run_experiment(
         ),
     }
     results = {
-        "config": asdict(config),
+        "config": {**asdict(config), "output_dir": _portable(config.output_dir)},
         "run": config.run_name(),
         "versions": {
             "ceag_cooper": __version__,
@@ -692,7 +692,7 @@ def run_experiment(
         },
         "final_iterate": log[-1].get("final_iterate", "last") if log else "last",
         "data_fingerprint": data_fingerprint(task),
-        "dense_checkpoint": str(checkpoint),
+        "dense_checkpoint": _portable(checkpoint),
         "dense_reused": reused,
         "timings_s": {"dense": round(dense_seconds, 1), "total": round(time.perf_counter() - started, 1)},
         "sparsity": round(pruner.measured_sparsity(), 4),
@@ -705,6 +705,13 @@ def run_experiment(
     atomic_write(path, lambda handle: handle.write(text))  # readers never see half a results file
     results["results_path"] = str(path)
     return results
+
+
+def _portable(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (committed results hold no machine paths)."""
+    root = Path(__file__).resolve().parent.parent
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 @functools.cache

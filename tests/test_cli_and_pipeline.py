@@ -235,3 +235,16 @@ def test_the_dense_key_follows_the_code_that_trains_the_dense_model(monkeypatch)
     assert pipeline.dense_code_fingerprint() == pipeline.dense_code_fingerprint()  # stable within a version
     monkeypatch.setattr(pipeline, "dense_code_fingerprint", lambda: "another version")
     assert config.dense_key() != before
+
+
+def test_results_record_repository_paths_relative():
+    """Committed results must hold no machine paths: paths inside the repository are written relative."""
+    from pathlib import Path
+
+    from ceag_cooper.pipeline import _portable
+
+    root = Path(__file__).resolve().parents[1]
+    assert _portable(root / "benchmarks" / "runs" / "x") == "benchmarks/runs/x"
+    assert _portable("/elsewhere/out") == "/elsewhere/out"
+    for path in (root / "benchmarks").rglob("*.json"):
+        assert f'"{root}/' not in path.read_text(), path
