@@ -481,6 +481,7 @@ def finetune(
     *,
     progress: bool = True,
     resume: bool = False,
+    dense_test: GroupMetrics | None = None,
 ) -> tuple[torch.nn.Module, MagnitudePruner, list[dict[str, Any]]]:
     """Prune gradually and fine-tune with ``config.method``; returns model, pruner and epoch log.
 
@@ -490,7 +491,8 @@ def finetune(
     """
     torch.manual_seed(config.seed + 1)
     model = copy.deepcopy(dense)
-    dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)  # for the epoch log only
+    if dense_test is None:  # the dense model's test metrics, for the epoch log (run_experiment passes them)
+        dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)
     train, heldout = task.train, None
     if config.uses_heldout:
         # Constraints estimated on a held-out, group-stratified 20% of the training set.
@@ -663,7 +665,9 @@ def run_experiment(
     dense_seconds = time.perf_counter() - started
     reference = evaluate_groups(dense, task.train.batches(512), groups=task.spec)
     dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)
-    model, pruner, log = finetune(config, task, dense, reference, progress=progress, resume=resume)
+    model, pruner, log = finetune(
+        config, task, dense, reference, progress=progress, resume=resume, dense_test=dense_test
+    )
     names = task.spec.group_names
     reports = {
         "train": DisparityReport.from_metrics(
