@@ -281,6 +281,26 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def _without_run_filters(argv: list[str]) -> list[str]:
+    """The command that reproduces the whole grid: ``--no-run`` and the ``--only-*`` filters dropped."""
+    kept: list[str] = []
+    skipping = False
+    for arg in argv:
+        if arg.startswith("--"):
+            skipping = arg in ("--no-run", "--only-methods", "--only-sparsities")
+            if skipping:
+                continue
+        elif skipping:
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _selected_now(config: ExperimentConfig, methods: list[str] | None, sparsities: list[float] | None) -> bool:
+    """Whether a not-yet-finished cell is run in this invocation (``--only-*`` put a grid's cells in an order)."""
+    return (methods is None or config.method in methods) and (sparsities is None or config.sparsity in sparsities)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) a grid and write its aggregate."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -290,20 +310,26 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--runs", type=Path, default=None, help="dense checkpoints and per-cell JSON")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--no-run", action="store_true", help="only aggregate the cells already finished")
+    parser.add_argument(
+        "--only-methods", nargs="+", default=None, help="run only these methods now (others: reuse finished cells)"
+    )
+    parser.add_argument(
+        "--only-sparsities", type=float, nargs="+", default=None, help="run only these sparsities now (same rule)"
+    )
     args = parser.parse_args(argv)
     grid = GRIDS[args.grid]
     if args.data_dir:
         grid = {**grid, "base": {**grid["base"], "data_dir": args.data_dir}}
     runs = args.runs or RUNS_DIR / args.grid
     given = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "benchmarks/run_grid.py", *(a for a in given if a != "--no-run")])
+    command = shlex.join(["python", "benchmarks/run_grid.py", *_without_run_filters(given)])
     configs = cells(grid, runs, args.seeds)
     task = None
     results: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for index, config in enumerate(configs, start=1):
         path = runs / "results" / f"{config.run_name()}.json"
-        if args.no_run and not path.exists():
+        if not path.exists() and (args.no_run or not _selected_now(config, args.only_methods, args.only_sparsities)):
             continue
         if path.exists():
             result = json.loads(path.read_text())

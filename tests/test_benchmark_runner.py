@@ -281,3 +281,18 @@ def test_the_12_epoch_grids_run_ceag_with_the_options_chosen_on_held_out_data():
             continue
         chosen = json.loads(path.read_text())["chosen"]
         assert grid["selected"] == {"ceag": select.CANDIDATES[chosen]}, name
+
+
+def test_only_filters_order_a_grid_and_the_rest_reuses_their_cells(tmp_path, capsys):
+    runner = load_runner()
+    args = ["--grid", "quick", "--output", str(tmp_path), "--runs", str(tmp_path / "runs")]
+    first = runner.main([*args, "--only-methods", "nft", "--only-sparsities", "0.9"])
+    assert sorted(r["config"]["method"] for r in first) == ["nft", "nft"]
+    payload = json.loads((tmp_path / "quick.json").read_text())
+    assert "--only" not in payload["command"]  # the recorded command reproduces the whole grid
+    capsys.readouterr()
+    everything = runner.main(args)
+    assert capsys.readouterr().out.count("done before, reused") == 2
+    assert sorted(r["config"]["method"] for r in everything) == ["ceag", "ceag", "nft", "nft"]
+    again = runner.main([*args, "--only-methods", "el"])  # nothing new to run: all reused
+    assert [r["reports"] for r in again] == [r["reports"] for r in everything]
