@@ -70,8 +70,10 @@ import torch
 from torch import nn
 
 import ceag_cooper
-from ceag_cooper import CEAG, GroupMetrics, ReplayBufferStore, Unconstrained, build_optimizer, group_means
+from ceag_cooper import CEAG, GroupMetrics, Unconstrained, build_optimizer
+from ceag_cooper.metrics import group_means
 from ceag_cooper.models import SmallCNN
+from ceag_cooper.problems import ReplayBufferStore
 
 try:  # versions before the native backend have no such module; the benchmark still runs on them
     from ceag_cooper import native

@@ -20,8 +20,8 @@ from typing import Any
 
 from ceag_cooper import __version__
 from ceag_cooper.checkpoint import CheckpointError
+from ceag_cooper.metrics import DisparityReport, plot_comparison
 from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
-from ceag_cooper.report import DisparityReport, plot_comparison
 
 __all__ = ["main", "results_table"]
 

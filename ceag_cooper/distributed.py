@@ -12,6 +12,8 @@ side (the differentiable proxy) stays local: DDP averages the model gradients as
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,7 +28,10 @@ __all__ = [
     "fail_together",
     "is_distributed",
     "rank_and_world",
+    "run_together",
 ]
+
+T = TypeVar("T")
 
 
 class OtherRankError(ValueError):
@@ -149,3 +154,20 @@ def check_same_config_on_all_ranks(config: dict, what: str) -> None:
     if differing:
         detail = "; ".join(f"{k}: {[c.get(k) for c in configs]}" for k in differing)
         raise ValueError(f"{what} differs between ranks ({detail}); build the same problem on every rank.")
+
+
+def run_together(compute: Callable[[], T], where: str) -> T:
+    """``compute()``; under torch.distributed a ``ValueError`` on one rank is raised on every rank.
+
+    Without that, the failing rank stops before the next collective while the others block in it
+    until the process group times out (30 minutes by default). No collective without a process group.
+    """
+    if not is_distributed():
+        return compute()
+    result, failure = None, None
+    try:
+        result = compute()
+    except ValueError as error:
+        failure = error
+    fail_together(failure, where)
+    return result  # type: ignore[return-value]

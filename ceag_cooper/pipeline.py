@@ -32,14 +32,13 @@ from ceag_cooper._validation import check_non_negative_float
 from ceag_cooper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkface, make_group_imbalanced_task
 from ceag_cooper.groups import GroupSpec
+from ceag_cooper.metrics import DisparityReport, GroupMetrics, GroupMetricsAccumulator, evaluate_groups
 from ceag_cooper.models import MLP, SmallCNN, cifar_resnet
 from ceag_cooper.optim import build_optimizer
 from ceag_cooper.problems import CEAG, EqualizedLoss, GroupFairnessProblem, TwoSidedCEAG, Unconstrained
 from ceag_cooper.progress import progress_bar
 from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, check_sparsity, recalibrate_batchnorm
-from ceag_cooper.report import DisparityReport
 from ceag_cooper.selection import FeasibilityMonitor, IterateSelector
-from ceag_cooper.stats import GroupMetrics, GroupMetricsAccumulator, evaluate_groups
 
 __all__ = ["LEGACY_PROTOCOL", "METHODS", "ExperimentConfig", "load_task", "primal_lr", "run_experiment", "train_dense"]
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, cc.DisparityReport]:
         print()
         report.to_json(args.output / f"{method}.json")
         report.plot(args.output / f"{method}.png", title=f"{method.upper()}: excess accuracy gaps")
-    cc.plot_comparison({"NFT": reports["nft"], "CEAG": reports["ceag"]}, args.output / "comparison.png")
+    cc.metrics.plot_comparison({"NFT": reports["nft"], "CEAG": reports["ceag"]}, args.output / "comparison.png")
     nft, ceag = reports["nft"], reports["ceag"]
     print(
         f"max ψ: NFT {100 * nft.max_psi:.2f} → CEAG {100 * ceag.max_psi:.2f} points; "

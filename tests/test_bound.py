@@ -232,7 +232,7 @@ def test_buffered_problems_train_a_float64_model(make):
 def test_online_selector_agrees_with_select_iterate():
     rng = random.Random(0)
     for _ in range(200):
-        candidates = [cc.Candidate(f"e{i}", rng.choice([0.8, 0.85, 0.9]), rng.choice([0.0, 0.01, 0.02, 0.03]))
+        candidates = [cc.selection.Candidate(f"e{i}", rng.choice([0.8, 0.85, 0.9]), rng.choice([0.0, 0.01, 0.02, 0.03]))
                       for i in range(rng.randint(1, 8))]  # fmt: skip
         selector = IterateSelector(tolerance=0.01)
         for i, c in enumerate(candidates):

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from naive_reference import NaiveBuffers
 
-from ceag_cooper import ReplayBufferStore
+from ceag_cooper.problems import ReplayBufferStore
 
 
 @st.composite
@@ -28,9 +28,9 @@ def buffer_runs(draw):
 
 
 @given(run=buffer_runs())
-def test_buffer_matches_deque_oracle_after_every_update(run, backend):
+def test_buffer_matches_deque_oracle_after_every_update(run):
     num_groups, k, members, batches = run
-    store = ReplayBufferStore(num_groups, k, backend=backend)
+    store = ReplayBufferStore(num_groups, k)
     oracle = NaiveBuffers(num_groups, k)
     for ids, values in batches:
         ids_tensor = torch.tensor(ids)
@@ -48,21 +48,24 @@ def test_buffer_matches_deque_oracle_after_every_update(run, backend):
             assert store.contents(g) == pytest.approx(list(oracle.deques[g]), abs=1e-6)
 
 
-def test_more_than_k_samples_in_one_batch_keeps_the_last_k(backend):
-    store = ReplayBufferStore(2, 3, backend=backend)
+def test_more_than_k_samples_in_one_batch_keeps_the_last_k():
+    store = ReplayBufferStore(2, 3)
     store.update(torch.tensor([0, 1, 0, 0, 0, 0]), torch.tensor([1.0, 9.0, 2.0, 3.0, 4.0, 5.0]))
     assert store.contents(0) == [3.0, 4.0, 5.0]
     assert store.contents(1) == [9.0]
     assert store.is_full().tolist() == [True, False]
 
 
-def test_state_dict_round_trip_and_reset(backend):
-    # Saved by one backend, loaded by the same one or by the reference "torch" one, both ways.
-    for saved_by, loaded_by in [(backend, backend), (backend, "torch"), ("torch", backend)]:
-        store = ReplayBufferStore(4, 2, backend=saved_by)
+def test_state_dict_round_trip_and_reset():
+    for legacy in (False, True):  # version 0.1's native backend also saved running sums
+        store = ReplayBufferStore(4, 2)
         store.update(torch.tensor([0, 0, 1, 3, 3, 3]), torch.arange(6.0))
-        fresh = ReplayBufferStore(4, 2, backend=loaded_by)
-        fresh.load_state_dict(store.state_dict())
+        saved = store.state_dict()
+        assert set(saved) == {"ring", "written"}
+        if legacy:
+            saved["sums"] = torch.zeros(4, dtype=torch.float64)
+        fresh = ReplayBufferStore(4, 2)
+        fresh.load_state_dict(saved)
         assert [fresh.contents(g) for g in range(4)] == [store.contents(g) for g in range(4)]
         torch.testing.assert_close(fresh.means(), store.means())
         fresh.update(torch.tensor([1, 3]), torch.tensor([7.0, 8.0]))
@@ -80,3 +83,15 @@ def test_state_dict_round_trip_and_reset(backend):
 def test_bad_capacity(kwargs, error):
     with pytest.raises(error, match="capacity"):
         ReplayBufferStore(3, **kwargs)
+
+
+def test_state_dict_is_a_copy_and_the_store_moves_and_casts_as_a_module():
+    store = ReplayBufferStore(3, 2)
+    store.update(torch.tensor([0, 0, 2]), torch.tensor([1.0, 0.0, 1.0]))
+    saved = store.state_dict()
+    store.update(torch.tensor([0]), torch.tensor([1.0]))
+    assert saved["written"].tolist() == [2, 0, 1]  # not a view of the live counts
+    store.to(torch.float64)
+    assert store.ring.dtype == torch.float64
+    assert store.written.dtype == torch.long
+    assert [name for name, _ in store.named_buffers()] == ["ring", "written"]

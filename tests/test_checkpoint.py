@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(
         save_checkpoint(path, model=model, problem=problem, optimizer=optimizer, pruner=pruner,
                         scheduler=scheduler, generator=generator, counters={"step": stop})
     torch.save({"params": [p.detach() for p in model.parameters()], "multipliers": problem.multiplier_values,
-                "buffers": problem.buffers.tensors()}, out)
+                "buffers": list(problem.buffers.buffers())}, out)
     """
 )
 

@@ -31,10 +31,10 @@ def set_multipliers(problem, values):
 
 
 @pytest.mark.parametrize("buffer_size", [None, 2])
-def test_one_roll_updates_observed_multipliers_by_projected_ascent(buffer_size, backend):
+def test_one_roll_updates_observed_multipliers_by_projected_ascent(buffer_size):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
-    problem = CEAG(reference=REFERENCE, tolerance=0.01, buffer_size=buffer_size, backend=backend)
+    problem = CEAG(reference=REFERENCE, tolerance=0.01, buffer_size=buffer_size)
     eta = 0.5
     optimizer = build_optimizer(problem, torch.optim.SGD(model.parameters(), lr=0.1), dual_lr=eta)
     x, y, g = tiny_batch(groups=(0, 0, 0, 1))  # g0 x 9 samples, g1 x 3, g2 absent
@@ -63,13 +63,11 @@ def test_one_roll_updates_observed_multipliers_by_projected_ascent(buffer_size, 
 
 
 @pytest.mark.parametrize("detach_overall", [False, True])
-def test_model_gradient_is_that_of_loss_plus_weighted_proxies_of_batch_groups(detach_overall, backend):
+def test_model_gradient_is_that_of_loss_plus_weighted_proxies_of_batch_groups(detach_overall):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     twin = copy.deepcopy(model)
-    problem = CEAG(
-        reference=REFERENCE, tolerance=0.01, buffer_size=None, detach_overall=detach_overall, backend=backend
-    )
+    problem = CEAG(reference=REFERENCE, tolerance=0.01, buffer_size=None, detach_overall=detach_overall)
     optimizer = build_optimizer(problem, torch.optim.SGD(model.parameters(), lr=0.1), dual_lr=0.3)
     set_multipliers(problem, [0.4, 0.0, 5.0])  # group 2 is absent: its large multiplier must not count
     x, y, g = tiny_batch(seed=3, groups=(0, 1))
@@ -88,10 +86,10 @@ def test_model_gradient_is_that_of_loss_plus_weighted_proxies_of_batch_groups(de
         torch.testing.assert_close(got.grad, want.grad)
 
 
-def test_equalized_loss_multipliers_move_both_ways(backend):
+def test_equalized_loss_multipliers_move_both_ways():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
-    problem = EqualizedLoss(num_groups=3, backend=backend)
+    problem = EqualizedLoss(num_groups=3)
     optimizer = build_optimizer(problem, torch.optim.SGD(model.parameters(), lr=0.0), dual_lr=1.0)
     x, y, g = tiny_batch(seed=5, groups=(0, 1))
     with torch.no_grad():

@@ -38,7 +38,7 @@ def train(model, problem, lr, shard):
         optimizer.roll(
             compute_cmp_state_kwargs={"model": model, "inputs": shard(x), "targets": shard(y), "group_ids": shard(g)}
         )
-        trace.append([problem.multiplier_values.clone(), *(t.clone() for t in problem.buffers.tensors())])
+        trace.append([problem.multiplier_values.clone(), *(t.clone() for t in list(problem.buffers.buffers()))])
     return trace
 
 

@@ -90,22 +90,27 @@ def test_two_sided_constraints_by_hand():
 
 def test_selection_picks_the_documented_iterate():
     runs = [
-        cc.Candidate("e0", 0.91, 0.040),
-        cc.Candidate("e1", 0.88, 0.009),
-        cc.Candidate("e2", 0.89, 0.010),
-        cc.Candidate("e3", 0.86, 0.002),
+        cc.selection.Candidate("e0", 0.91, 0.040),
+        cc.selection.Candidate("e1", 0.88, 0.009),
+        cc.selection.Candidate("e2", 0.89, 0.010),
+        cc.selection.Candidate("e3", 0.86, 0.002),
     ]
-    assert cc.select_iterate(runs, tolerance=0.01) == 2  # most accurate among feasible (e1, e2, e3)
-    assert cc.select_iterate(runs, tolerance=0.001) == 3  # none feasible: smallest max psi
-    assert cc.select_iterate([cc.Candidate("a", 0.8, 0.02), cc.Candidate("b", 0.9, 0.02)], tolerance=0.0) == 1
+    assert cc.selection.select_iterate(runs, tolerance=0.01) == 2  # most accurate among feasible (e1, e2, e3)
+    assert cc.selection.select_iterate(runs, tolerance=0.001) == 3  # none feasible: smallest max psi
+    assert (
+        cc.selection.select_iterate(
+            [cc.selection.Candidate("a", 0.8, 0.02), cc.selection.Candidate("b", 0.9, 0.02)], tolerance=0.0
+        )
+        == 1
+    )
     with pytest.raises(ValueError, match="empty"):
-        cc.select_iterate([], tolerance=0.01)
+        cc.selection.select_iterate([], tolerance=0.01)
 
 
 def test_averaging_keeps_common_zeros_and_the_monitor_warns():
     a = {"w": torch.tensor([0.0, 1.0, 3.0]), "n": torch.tensor(1)}
     b = {"w": torch.tensor([0.0, 3.0, 5.0]), "n": torch.tensor(2)}
-    mean = cc.average_state_dicts([a, b])
+    mean = cc.selection.average_state_dicts([a, b])
     assert mean["w"].tolist() == [0.0, 2.0, 4.0]
     assert mean["n"].item() == 2
     monitor = cc.FeasibilityMonitor(names=["White", "Others"], patience=3)

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ceag_cooper import GroupMetricsAccumulator, GroupSpec, evaluate_groups, group_means, group_sums
+from ceag_cooper import GroupSpec, evaluate_groups
+from ceag_cooper.metrics import GroupMetricsAccumulator, group_means, group_sums
 
 
 @st.composite

@@ -1,18 +1,29 @@
-"""Cooper problems: CEAG, equalized loss, naive fine-tuning, and their base class."""
+"""Cooper problems: CEAG, equalized loss, naive fine-tuning, their base class and estimators.
 
-from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem
-from ceag_cooper.problems.ceag import CEAG, OverallMode, TwoSidedCEAG, weighted_overall
+Layers: :mod:`~ceag_cooper.problems.statistics` (what a batch says per group),
+:mod:`~ceag_cooper.problems.buffers` (replay buffers and other registered state),
+:mod:`~ceag_cooper.problems.heldout` (held-out batches for the multiplier step),
+:mod:`~ceag_cooper.problems.base` (the Cooper plumbing), then one file per method.
+"""
+
+from ceag_cooper.problems.base import ConstraintEstimate, GroupFairnessProblem, ProblemOptions
+from ceag_cooper.problems.buffers import ReplayBufferStore, TensorState
+from ceag_cooper.problems.ceag import CEAG, OverallMode, TwoSidedCEAG
 from ceag_cooper.problems.equalized_loss import EqualizedLoss
+from ceag_cooper.problems.statistics import BatchStatistics
 from ceag_cooper.problems.unconstrained import NaiveFineTuning, Unconstrained
 
 __all__ = [
     "CEAG",
     "BatchStatistics",
+    "ConstraintEstimate",
     "EqualizedLoss",
     "GroupFairnessProblem",
     "NaiveFineTuning",
     "OverallMode",
+    "ProblemOptions",
+    "ReplayBufferStore",
+    "TensorState",
     "TwoSidedCEAG",
     "Unconstrained",
-    "weighted_overall",
 ]

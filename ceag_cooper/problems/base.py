@@ -2,16 +2,14 @@
 
 A new fairness constraint is a small subclass that says what its violations are (see
 ``examples/custom_constraint.py``); the base class handles the model call, validation, the
-replay buffers' feeding order, the Cooper plumbing and checkpoints.
+estimators' feeding order and state, the Cooper plumbing, distributed training and checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal, TypedDict
 
 import cooper
 import torch
@@ -19,66 +17,86 @@ import torch
 from ceag_cooper import distributed
 from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
 from ceag_cooper.groups import GroupSpec
-from ceag_cooper.native import Backend, check_backend
-from ceag_cooper.stats import (
-    GroupMetrics,
-    LossFn,
-    call_model,
-    group_loss_accuracy,
-    move_to,
-    per_sample_loss_and_correct,
+from ceag_cooper.metrics.evaluation import call_model, move_to
+from ceag_cooper.metrics.functional import LossFn
+from ceag_cooper.metrics.group_metrics import GroupMetrics
+from ceag_cooper.problems.heldout import HeldoutBatches, eval_logits
+from ceag_cooper.problems.statistics import (
+    BatchStatistics,
+    batch_statistics,
+    gather_batch_statistics,
+    warn_if_attributes,
 )
 
-__all__ = ["BatchStatistics", "ConstraintEstimate", "GroupFairnessProblem"]
+__all__ = ["BatchStatistics", "ConstraintEstimate", "GroupFairnessProblem", "ProblemOptions"]
 
 ConstraintEstimate = Literal["train", "eval"]
 """Where the multiplier step's statistics come from: the training forward pass (``"train"``) or
 one extra no-grad forward of the clean batch with the model in eval mode (``"eval"``)."""
 
 
-@dataclass
-class BatchStatistics:
-    """What one mini-batch says about each group; the input of every violation hook.
+class ProblemOptions(TypedDict, total=False):
+    """The keyword options every problem accepts and forwards to :class:`GroupFairnessProblem`.
 
-    Attributes:
-        logits: ``(N, C)`` model outputs.
-        group_ids: ``(N,)`` or ``(N, M)`` group ids.
-        per_sample_loss: ``(N,)`` differentiable per-sample loss.
-        per_sample_correct: ``(N,)`` 0/1 accuracy (float).
-        loss: batch mean loss (differentiable; the objective).
-        accuracy: batch accuracy.
-        group_loss: ``(G,)`` differentiable mean loss per group (0 where absent).
-        group_accuracy: ``(G,)`` accuracy per group (0 where absent).
-        group_count: ``(G,)`` samples per group in the batch.
-        present: ``(G,)`` bool, groups with at least one sample in the batch.
+    Subclasses take them as ``**options: Unpack[ProblemOptions]``, so a new base option is added in
+    one place (here and in the base signature; a test keeps the two equal).
     """
 
-    logits: torch.Tensor
-    group_ids: torch.Tensor
-    per_sample_loss: torch.Tensor
-    per_sample_correct: torch.Tensor
-    loss: torch.Tensor
-    accuracy: torch.Tensor
-    group_loss: torch.Tensor
-    group_accuracy: torch.Tensor
-    group_count: torch.Tensor
-    present: torch.Tensor
+    loss_fn: LossFn | None
+    start_step: int
+    device: torch.device | str | None
+    check_finite: bool
+    skip_nonfinite: bool
+    heldout: Iterable | None
+    heldout_reference: GroupMetrics | None
+    heldout_spec: GroupSpec | None
+    constraint_estimate: ConstraintEstimate
 
 
-def _warn_if_attributes(group_ids: torch.Tensor) -> None:
-    """Warn when ``(N, M)`` ids look like raw attribute values rather than marginal group ids.
-
-    ``GroupSpec(..., mode="marginal").group_ids`` gives column ``j`` ids in its own range, above every
-    id of column ``j - 1``; raw attributes (values ``0..size-1`` per column) overlap between columns.
-    """
-    low = group_ids.min(dim=0).values
-    high = group_ids.max(dim=0).values
-    if bool((low[1:] <= high[:-1]).any()):
-        warnings.warn(
-            "`group_ids` of shape (N, M) whose columns overlap look like protected *attributes*, not group ids: "
-            "convert them with spec.group_ids(attributes) (GroupSpec). (N, M) ids mean each sample is in M groups.",
-            stacklevel=4,
+def _check_reference(reference: GroupMetrics | None, num_groups: int | None) -> int | None:
+    """The number of groups, checked against ``reference`` (every group must have samples)."""
+    if reference is None:
+        return num_groups
+    if not isinstance(reference, GroupMetrics):
+        raise TypeError(f"`reference` must be a GroupMetrics, got {type(reference).__name__}.")
+    if num_groups is not None and num_groups != reference.num_groups:
+        raise ValueError(
+            f"`reference` was computed for {reference.num_groups} groups but `num_groups={num_groups}`; "
+            "recompute the reference with the same GroupSpec as the problem."
         )
+    empty = (reference.group_count <= 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"groups {empty[:10]} have zero samples in `reference`: their dense accuracy is undefined. "
+            "Drop or merge those groups (fewer attribute values), or use a larger reference set."
+        )
+    return reference.num_groups
+
+
+def _check_heldout_references(
+    num_groups: int, reference: GroupMetrics | None, heldout_reference: GroupMetrics | None, spec: GroupSpec | None
+) -> None:
+    """The held-out reference and the spec that turns held-out attributes into ids agree with the problem."""
+    if heldout_reference is not None and heldout_reference.num_groups != num_groups:
+        raise ValueError(f"`heldout_reference` has {heldout_reference.num_groups} groups, the problem {num_groups}.")
+    if reference is not None and heldout_reference is not None:
+        reference.check_same_groups(heldout_reference, "`reference` and `heldout_reference`")
+    for name, metrics in (("reference", reference), ("heldout_reference", heldout_reference)):
+        if spec is not None and metrics is not None and metrics.spec not in (None, spec.fingerprint):
+            raise ValueError(
+                f"`{name}` was computed with another GroupSpec than `heldout_spec` (fingerprints {metrics.spec} "
+                f"and {spec.fingerprint}): its group g is not the held-out batches' group g."
+            )
+
+
+def _digest(metrics: GroupMetrics) -> str:
+    digest = hashlib.sha256()
+    for value in metrics.state_dict().values():
+        is_tensor = isinstance(value, torch.Tensor)
+        digest.update(
+            value.detach().cpu().double().contiguous().numpy().tobytes() if is_tensor else str(value).encode()
+        )
+    return digest.hexdigest()[:16]
 
 
 class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
@@ -122,11 +140,14 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             report (eval mode on the unaugmented data), at the cost of one forward pass per step.
             The model step always uses the training pass's differentiable proxy. Requires calling
             with ``model`` and ``inputs``. Held-out estimation (``heldout=``) is always eval mode.
-        backend: ``"torch"`` (default; vectorized operators, any device) or ``"native"``
-            (fused C++ kernels for the batch statistics and buffers, CPU only, compiled on first
-            use; see :mod:`ceag_cooper.native`). Both give the same numbers for CEAG's 0/1
-            accuracies (loss buffers can differ in the last bit). Not part of :meth:`config`: a
-            checkpoint saved with one loads with the other.
+
+    These options are :class:`ProblemOptions`: every subclass takes them as ``**options`` and
+    forwards them here, so they are written (and documented) once.
+
+    State: subclasses :meth:`register_state` their estimators (e.g. a
+    :class:`~ceag_cooper.problems.buffers.ReplayBufferStore`, any :class:`torch.nn.Module` whose
+    tensors are registered buffers); :meth:`state_dict`, :meth:`load_state_dict`, :meth:`to` and
+    the distributed broadcast then handle them with the multipliers.
 
     Example:
         >>> import torch
@@ -158,43 +179,28 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         heldout_reference: GroupMetrics | None = None,
         heldout_spec: GroupSpec | None = None,
         constraint_estimate: ConstraintEstimate = "train",
-        backend: Backend = "torch",
     ) -> None:
         super().__init__()
         if constraint_estimate not in ("train", "eval"):
             raise ValueError(f"`constraint_estimate` must be 'train' or 'eval', got {constraint_estimate!r}.")
-        self.constraint_estimate = constraint_estimate
         if reference is None and self.requires_reference:
             raise ValueError(
                 f"{type(self).__name__} needs `reference`: the dense model's GroupMetrics, e.g. "
                 "`evaluate_groups(dense_model, train_loader, groups=spec)`."
             )
-        if reference is not None:
-            if not isinstance(reference, GroupMetrics):
-                raise TypeError(f"`reference` must be a GroupMetrics, got {type(reference).__name__}.")
-            if num_groups is not None and num_groups != reference.num_groups:
-                raise ValueError(
-                    f"`reference` was computed for {reference.num_groups} groups but `num_groups={num_groups}`; "
-                    "recompute the reference with the same GroupSpec as the problem."
-                )
-            empty = (reference.group_count <= 0).nonzero().flatten().tolist()
-            if empty:
-                raise ValueError(
-                    f"groups {empty[:10]} have zero samples in `reference`: their dense accuracy is undefined. "
-                    "Drop or merge those groups (fewer attribute values), or use a larger reference set."
-                )
-            num_groups = reference.num_groups
+        num_groups = _check_reference(reference, num_groups)
         if num_groups is None:
             raise ValueError("give `num_groups` or `reference` (whose number of groups is used).")
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
             raise ValueError(f"`num_groups` must be an int >= 1, got {num_groups!r}.")
         if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
             raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}.")
+        _check_heldout_references(num_groups, reference, heldout_reference, heldout_spec)
         if device is None:
             device = reference.device if reference is not None else torch.device("cpu")
         self.num_groups = num_groups
         self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
-        self.backend = check_backend(backend, self.device)
+        self.constraint_estimate = constraint_estimate
         self.reference = reference.to(self.device) if reference is not None else None
         self.loss_fn = loss_fn
         self.start_step = start_step
@@ -202,34 +208,11 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.check_finite = check_finite
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
-        if heldout_reference is not None and heldout_reference.num_groups != num_groups:
-            raise ValueError(
-                f"`heldout_reference` has {heldout_reference.num_groups} groups, the problem {num_groups}."
-            )
-        if reference is not None and heldout_reference is not None:
-            reference.check_same_groups(heldout_reference, "`reference` and `heldout_reference`")
-        for name, metrics in (("reference", reference), ("heldout_reference", heldout_reference)):
-            if (
-                heldout_spec is not None
-                and metrics is not None
-                and metrics.spec not in (None, heldout_spec.fingerprint)
-            ):
-                raise ValueError(
-                    f"`{name}` was computed with another GroupSpec than `heldout_spec` (fingerprints {metrics.spec} "
-                    f"and {heldout_spec.fingerprint}): its group g is not the held-out batches' group g."
-                )
-        if heldout is not None and hasattr(heldout, "__len__") and len(heldout) == 0:
-            raise ValueError("`heldout` is empty: give at least one held-out batch.")
-        if heldout is not None and iter(heldout) is heldout:
-            raise ValueError(
-                "`heldout` must be re-iterable (a list, a DataLoader...): it is iterated again whenever it runs "
-                "out, and a one-shot iterator or generator would run dry."
-            )
         self.heldout = heldout
         self.heldout_spec = heldout_spec
-        self._heldout_iterator: Iterator | None = None
-        self._heldout_position = 0  # batches drawn so far (a list of batches resumes exactly)
+        self._heldout = HeldoutBatches(heldout, heldout_spec) if heldout is not None else None
         self.heldout_reference = heldout_reference.to(self.device) if heldout_reference is not None else None
+        self._estimators: dict[str, torch.nn.Module | None] = {}  # subclass state: see register_state
         self._synchronized_world = 1  # world size at the last distributed set-up
         self._ids_checked = False  # whether (N, M) ids were checked for looking like raw attributes
         if self.constraint_type is not None:
@@ -259,6 +242,37 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         """Violations for the multiplier step (no gradient needed), same format as the proxy."""
         raise NotImplementedError
 
+    def register_state(self, name: str, module: torch.nn.Module | None) -> Any:
+        """Declare a stateful estimator (its tensors registered buffers); returns ``module``.
+
+        Registered state is saved and restored by :meth:`state_dict` / :meth:`load_state_dict`,
+        moved (and cast) by :meth:`to`, and broadcast from rank 0 under ``torch.distributed``; a
+        ``None`` placeholder keeps the name (e.g. CEAG without buffers). Call it in ``__init__``
+        after ``super().__init__()``, with tensors on :attr:`device`.
+
+        Example:
+            >>> import torch
+            >>> from ceag_cooper.problems.buffers import TensorState
+            >>> class Counting(GroupFairnessProblem):
+            ...     constraint_type = None
+            ...     def __init__(self, **options):
+            ...         super().__init__(**options)
+            ...         self.seen = self.register_state("seen", TensorState(torch.zeros(self.num_groups)))
+            ...     def update_estimates(self, stats):
+            ...         self.seen.value += stats.group_count
+            >>> problem = Counting(num_groups=2)
+            >>> _ = problem.compute_cmp_state(logits=torch.randn(3, 2), targets=torch.tensor([0, 1, 1]),
+            ...                               group_ids=torch.tensor([0, 1, 1]))
+            >>> problem.state_dict()["extra"]["seen"]["value"].tolist()
+            [1.0, 2.0]
+        """
+        if name in self._estimators:
+            raise ValueError(f"state {name!r} is registered already.")
+        if module is not None and not isinstance(module, torch.nn.Module):
+            raise TypeError(f"state {name!r} must be a torch.nn.Module (or None), got {type(module).__name__}.")
+        self._estimators[name] = module
+        return module
+
     # ----------------------------------------------------------------------- machinery
     @property
     def mitigation_active(self) -> bool:
@@ -272,31 +286,19 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             return None
         return self.fairness.multiplier.weight.detach().flatten().clone()
 
+    @property
+    def strict_reference(self) -> GroupMetrics | None:
+        """The dense statistics the multiplier side compares with (held-out ones if given)."""
+        return self.heldout_reference if self.heldout is not None else self.reference
+
     def batch_statistics(self, logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor) -> BatchStatistics:
         """Per-group loss and accuracy of one batch (vectorized, differentiable loss)."""
         group_ids = check_group_ids(group_ids, self.num_groups)
         check_same_device(group_ids, self.device, "group_ids")
         if group_ids.dim() == 2 and not self._ids_checked:  # once: a host read, off the hot path after
             self._ids_checked = True
-            _warn_if_attributes(group_ids)
-        if group_ids.shape[0] != logits.shape[0]:
-            raise ValueError(f"`group_ids` has {group_ids.shape[0]} rows but the batch has {logits.shape[0]} samples.")
-        loss, correct = per_sample_loss_and_correct(logits, targets, self.loss_fn)
-        group_loss, group_acc, counts = group_loss_accuracy(
-            loss, correct, group_ids, self.num_groups, backend=self.backend
-        )
-        return BatchStatistics(
-            logits=logits,
-            group_ids=group_ids,
-            per_sample_loss=loss,
-            per_sample_correct=correct,
-            loss=loss.mean(),
-            accuracy=correct.mean(),
-            group_loss=group_loss,
-            group_accuracy=group_acc,
-            group_count=counts,
-            present=counts > 0,
-        )
+            warn_if_attributes(group_ids)
+        return batch_statistics(logits, targets, group_ids, self.num_groups, self.loss_fn)
 
     def compute_cmp_state(
         self,
@@ -332,33 +334,19 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if targets is None or group_ids is None:
             raise ValueError("`targets` and `group_ids` are required.")
         step = f"step {self.num_steps}"
-        stats = self._agreed(lambda: self.batch_statistics(logits, targets, group_ids), step)
+        stats = distributed.run_together(lambda: self.batch_statistics(logits, targets, group_ids), step)
         if self.skip_nonfinite and self._any_rank_nonfinite(stats.loss):
             # No loss and no constraint: Cooper computes no gradient, and torch optimizers skip
             # parameters without gradients, so neither the model nor the multipliers move.
             self.skipped_steps += 1
             return cooper.CMPState(loss=None, misc={"stats": stats, "skipped": True})
-        dual_stats = self._agreed(lambda: self._dual_statistics(stats, model, inputs, targets, estimate_inputs), step)
-        # Under torch.distributed the multiplier side sees the union of all ranks' batches.
-        global_stats = self._all_ranks(dual_stats) if distributed.is_distributed() else dual_stats
-        return self._constraint_state(stats, global_stats)
-
-    @staticmethod
-    def _agreed(compute: Any, where: str) -> Any:
-        """``compute()``; under torch.distributed a ``ValueError`` on one rank is raised on every rank.
-
-        Without that, the failing rank stops before the next collective while the others block in
-        it until the process group times out (30 minutes by default).
-        """
-        if not distributed.is_distributed():
-            return compute()
-        result, failure = None, None
-        try:
-            result = compute()
-        except ValueError as error:
-            failure = error
-        distributed.fail_together(failure, where)
-        return result
+        dual_stats = distributed.run_together(
+            lambda: self._dual_statistics(stats, model, inputs, targets, estimate_inputs), step
+        )
+        if distributed.is_distributed():  # the multiplier side sees the union of all ranks' batches
+            self._synchronize_once()
+            dual_stats = gather_batch_statistics(dual_stats, self.num_groups)
+        return self._constraint_state(stats, dual_stats)
 
     def _dual_statistics(
         self,
@@ -371,9 +359,14 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         """The multiplier side's statistics of this rank's batch, once the batch loss is checked."""
         if self.check_finite:
             check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
-        # The multiplier side sees held-out batches if given, or the clean batch in eval mode.
-        if self.heldout is not None:
-            return self._heldout_statistics(model, inputs)
+        if self._heldout is not None:
+            if model is None or inputs is None:
+                raise ValueError(
+                    "held-out estimation evaluates the model: call compute_cmp_state with `model` and `inputs`."
+                )
+            x, held_targets, held_ids = self._heldout.next(self.device)
+            device = inputs.device if isinstance(inputs, torch.Tensor) else self.device
+            return self.batch_statistics(eval_logits(model, move_to(x, device)), held_targets, held_ids)
         if self.constraint_estimate != "eval":
             return stats
         if model is None:
@@ -381,7 +374,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
                 "constraint_estimate='eval' evaluates the model on the clean batch: call compute_cmp_state "
                 "with `model` and `inputs` (not precomputed `logits`)."
             )
-        clean_logits = self._eval_logits(model, inputs if estimate_inputs is None else estimate_inputs)
+        clean_logits = eval_logits(model, inputs if estimate_inputs is None else estimate_inputs)
         if clean_logits.shape[0] != stats.logits.shape[0]:
             raise ValueError(
                 f"`estimate_inputs` gave {clean_logits.shape[0]} outputs for a batch of {stats.logits.shape[0]}: "
@@ -413,133 +406,6 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         )
         return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)
 
-    def _any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is NaN/inf on this or (under torch.distributed) any rank."""
-        flag = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
-        if distributed.is_distributed():
-            flag = distributed.all_reduce_sum(flag)  # every rank skips together, or none does
-        return bool(flag.item() > 0)
-
-    @property
-    def strict_reference(self) -> GroupMetrics | None:
-        """The dense statistics the multiplier side compares with (held-out ones if given)."""
-        return self.heldout_reference if self.heldout is not None else self.reference
-
-    def _next_heldout(self) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        if isinstance(self.heldout, Sequence):  # indexed by position: checkpoints resume it exactly
-            batch = self.heldout[self._heldout_position % len(self.heldout)]
-        else:
-            if self._heldout_iterator is None:
-                self._heldout_iterator = iter(self.heldout)
-            try:
-                batch = next(self._heldout_iterator)
-            except StopIteration:
-                self._heldout_iterator = iter(self.heldout)
-                batch = next(self._heldout_iterator)
-        self._heldout_position += 1
-        inputs, targets, third = batch[0], batch[1], batch[2]
-        ids = self.heldout_spec.group_ids(third.to(self.device)) if self.heldout_spec is not None else third
-        return inputs, targets.to(self.device), ids.to(self.device)
-
-    @torch.no_grad()
-    def _heldout_statistics(self, model: torch.nn.Module | None, inputs: Any) -> BatchStatistics:
-        """Statistics of the next held-out batch, in eval mode and without gradient."""
-        if model is None or inputs is None:
-            raise ValueError(
-                "held-out estimation evaluates the model: call compute_cmp_state with `model` and `inputs`."
-            )
-        x, targets, group_ids = self._next_heldout()
-        device = inputs.device if isinstance(inputs, torch.Tensor) else self.device
-        return self.batch_statistics(self._eval_logits(model, move_to(x, device)), targets, group_ids)
-
-    @staticmethod
-    @torch.no_grad()
-    def _eval_logits(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        """``model(inputs)`` in eval mode, without gradient (the model's mode is restored)."""
-        was_training = model.training
-        model.eval()
-        try:
-            return call_model(model, inputs)
-        finally:
-            model.train(was_training)
-
-    def _all_ranks(self, stats: BatchStatistics) -> BatchStatistics:
-        """The batch statistics of all ranks together (detached), identical on every rank.
-
-        The first call on a new process group checks that every rank built the same problem and
-        broadcasts rank 0's multipliers and buffers.
-        """
-        world = distributed.rank_and_world()[1]
-        if self._synchronized_world != world:
-            distributed.check_same_config_on_all_ranks(self._identity(), f"the configuration of {type(self).__name__}")
-            self.broadcast_state()
-            self._synchronized_world = world
-        ids = stats.group_ids
-        members = 1 if ids.dim() == 1 else ids.shape[1]
-        rows = torch.cat(
-            [
-                ids.reshape(ids.shape[0], members).double(),
-                stats.per_sample_correct.detach().double().unsqueeze(1),
-                stats.per_sample_loss.detach().double().unsqueeze(1),
-            ],
-            dim=1,
-        )
-        rows = distributed.all_gather_rows(rows)
-        dtype = stats.per_sample_loss.dtype
-        all_ids = rows[:, :members].long()
-        all_ids = all_ids[:, 0] if ids.dim() == 1 else all_ids
-        correct, loss = rows[:, members].to(dtype), rows[:, members + 1].to(dtype)
-        group_loss, group_acc, counts = group_loss_accuracy(
-            loss, correct, all_ids, self.num_groups, backend=self.backend
-        )
-        return BatchStatistics(
-            logits=stats.logits,
-            group_ids=all_ids,
-            per_sample_loss=loss,
-            per_sample_correct=correct,
-            loss=loss.mean(),
-            accuracy=correct.mean(),
-            group_loss=group_loss,
-            group_accuracy=group_acc,
-            group_count=counts,
-            present=counts > 0,
-        )
-
-    def _identity(self) -> dict[str, Any]:
-        """What must agree between ranks: the config, every public setting, and the reference itself."""
-        counters = {"num_steps", "skipped_steps", "training"}  # state, compared by the broadcast instead
-        settings = {
-            k: v for k, v in vars(self).items()
-            if not k.startswith("_") and k not in counters and isinstance(v, (bool, int, float, str, type(None)))
-        }  # fmt: skip
-        reference = {}
-        for name, metrics in (("reference", self.reference), ("heldout_reference", self.heldout_reference)):
-            if metrics is not None:
-                digest = hashlib.sha256()
-                for value in metrics.state_dict().values():
-                    is_tensor = isinstance(value, torch.Tensor)
-                    digest.update(value.detach().cpu().double().contiguous().numpy().tobytes() if is_tensor
-                                  else str(value).encode())  # fmt: skip
-                reference[name] = digest.hexdigest()[:16]
-        return {**settings, **self.config(), **reference}
-
-    def broadcast_state(self, src: int = 0) -> None:
-        """Copy rank ``src``'s multipliers and extra state (e.g. buffers) to every rank.
-
-        Called automatically at the first distributed step and after :meth:`load_state_dict`;
-        a no-op without a process group.
-        """
-        if not distributed.is_distributed():
-            return
-        if self.constraint_type is not None:
-            distributed.broadcast_(self.fairness.multiplier.weight.data, src=src)
-        for tensor in self._extra_tensors():
-            distributed.broadcast_(tensor, src=src)
-
-    def _extra_tensors(self) -> list[torch.Tensor]:
-        """Subclass state tensors that must be equal on every rank (e.g. replay buffers)."""
-        return []
-
     def _checked(self, output: tuple[torch.Tensor, torch.Tensor], hook: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Metadata checks of a hook's ``(values, observed)`` (free: no values are read)."""
         count = self.num_constraints()
@@ -551,17 +417,48 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             )
         return values, observed
 
+    # ---------------------------------------------------------------------- distributed
+    def _any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is NaN/inf on this or (under torch.distributed) any rank."""
+        flag = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+        if distributed.is_distributed():
+            flag = distributed.all_reduce_sum(flag)  # every rank skips together, or none does
+        return bool(flag.item() > 0)
+
+    def _synchronize_once(self) -> None:
+        """On a new process group: check every rank built the same problem, then broadcast rank 0's state."""
+        world = distributed.rank_and_world()[1]
+        if self._synchronized_world != world:
+            distributed.check_same_config_on_all_ranks(self._identity(), f"the configuration of {type(self).__name__}")
+            self.broadcast_state()
+            self._synchronized_world = world
+
+    def _identity(self) -> dict[str, Any]:
+        """What must agree between ranks: the config, every public setting, and the reference itself."""
+        counters = {"num_steps", "skipped_steps", "training"}  # state, compared by the broadcast instead
+        settings = {
+            k: v for k, v in vars(self).items()
+            if not k.startswith("_") and k not in counters and isinstance(v, (bool, int, float, str, type(None)))
+        }  # fmt: skip
+        references = {"reference": self.reference, "heldout_reference": self.heldout_reference}
+        digests = {name: _digest(metrics) for name, metrics in references.items() if metrics is not None}
+        return {**settings, **self.config(), **digests}
+
+    def broadcast_state(self, src: int = 0) -> None:
+        """Copy rank ``src``'s multipliers and registered state (e.g. buffers) to every rank.
+
+        Called automatically at the first distributed step and after :meth:`load_state_dict`;
+        a no-op without a process group.
+        """
+        if not distributed.is_distributed():
+            return
+        if self.constraint_type is not None:
+            distributed.broadcast_(self.fairness.multiplier.weight.data, src=src)
+        for module in self._estimators.values():
+            for tensor in module.buffers() if module is not None else ():
+                distributed.broadcast_(tensor, src=src)
+
     # ------------------------------------------------------------------- device & state
-    def _extra_state(self) -> dict[str, Any]:
-        """Subclass state beyond multipliers, reference and step count (e.g. buffers)."""
-        return {}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`_extra_state` returned."""
-
-    def _move_extra_state(self, device: torch.device) -> None:
-        """Move subclass tensors to ``device``."""
-
     def config(self) -> dict[str, Any]:
         """Plain description of the problem, stored in checkpoints and checked on load."""
         return {
@@ -573,12 +470,10 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         }
 
     def to(self, *args: Any, **kwargs: Any) -> GroupFairnessProblem:
-        """Move multipliers, reference and buffers (``problem.to("cuda")``)."""
+        """Move (or cast) multipliers, references and registered state (``problem.to("cuda")``)."""
         super().to(*args, **kwargs)
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        # A dtype-only call converts the multipliers (above) and the buffers (below), in place.
         device = self.device if device is None else torch.empty(0, device=device).device
-        check_backend(self.backend, device)
         self.device = device
         if self.reference is not None:
             self.reference = self.reference.to(device)
@@ -586,19 +481,21 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             self.heldout_reference = self.heldout_reference.to(device)
         if self.constraint_type is not None:
             self._indices = self._indices.to(device)
-        self._move_extra_state(device)
+        for module in self._estimators.values():
+            if module is not None:
+                module.to(*args, **kwargs)  # floating state follows a dtype cast (e.g. float64)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """Multipliers, reference statistics, buffers, step count and config."""
+        """Multipliers, reference statistics, registered state, step count and config."""
         state = super().state_dict()
         state.update(
             config=self.config(),
             num_steps=self.num_steps,
             skipped_steps=self.skipped_steps,
-            heldout_position=self._heldout_position,
+            heldout_position=self._heldout.position if self._heldout is not None else 0,
             reference=self.reference.state_dict() if self.reference is not None else None,
-            extra=self._extra_state(),
+            extra={name: m.state_dict() if m is not None else None for name, m in self._estimators.items()},
         )
         return state
 
@@ -607,11 +504,18 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         saved, mine = state_dict["config"], self.config()
         if saved != mine:
             raise ValueError(f"checkpoint was saved by a problem with config {saved}, this problem has {mine}.")
+        extra = state_dict["extra"]
+        missing = [name for name, m in self._estimators.items() if m is not None and extra.get(name) is None]
+        if missing:
+            raise ValueError(f"the checkpoint has no state for {missing}: it was saved by another kind of problem.")
         super().load_state_dict(state_dict)
         self.num_steps = int(state_dict["num_steps"])
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
-        self._heldout_position = int(state_dict.get("heldout_position", 0))
+        if self._heldout is not None:
+            self._heldout.position = int(state_dict.get("heldout_position", 0))
         if state_dict["reference"] is not None:
             self.reference = GroupMetrics.from_state_dict(state_dict["reference"]).to(self.device)
-        self._load_extra_state(state_dict["extra"])
+        for name, module in self._estimators.items():
+            if module is not None:
+                module.load_state_dict(extra[name])
         self.broadcast_state()

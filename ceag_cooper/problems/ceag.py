@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
 from ceag_cooper._validation import check_non_negative_float, check_positive_int
-from ceag_cooper.buffers import ReplayBufferStore
-from ceag_cooper.groups import GroupSpec
-from ceag_cooper.native import Backend
-from ceag_cooper.problems.base import BatchStatistics, ConstraintEstimate, GroupFairnessProblem
-from ceag_cooper.stats import GroupMetrics, LossFn
+from ceag_cooper.metrics.functional import weighted_overall
+from ceag_cooper.metrics.group_metrics import GroupMetrics
+from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem, ProblemOptions
+from ceag_cooper.problems.buffers import ReplayBufferStore
 
-__all__ = ["CEAG", "OverallMode", "TwoSidedCEAG", "weighted_overall"]
+if TYPE_CHECKING:  # annotations only: no runtime dependency
+    from typing_extensions import Unpack
+
+__all__ = ["CEAG", "OverallMode", "TwoSidedCEAG"]
 
 OverallMode = Literal["population", "balanced"]
-
-
-def weighted_overall(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum(w * v) / sum(w)``, and 0 when every weight is 0 (no group observed yet)."""
-    return (weights * values).sum() / weights.sum().clamp(min=torch.finfo(values.dtype).tiny)
 
 
 class CEAG(GroupFairnessProblem):
@@ -75,8 +71,8 @@ class CEAG(GroupFairnessProblem):
         overall: ``"population"`` (default) or ``"balanced"`` (see above).
         detach_overall: no gradient through the proxy's overall term (see above); default
             ``False``, the paper's proxy.
-        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_reference,
-            heldout_spec, constraint_estimate, backend: see :class:`GroupFairnessProblem`.
+        **options: :class:`ProblemOptions` (``loss_fn``, ``start_step``, ``device``, ``heldout``,
+            ``constraint_estimate``...), see :class:`GroupFairnessProblem`.
 
     Example:
         >>> import torch
@@ -103,18 +99,9 @@ class CEAG(GroupFairnessProblem):
         buffer_size: int | None = 40,
         overall: OverallMode = "population",
         detach_overall: bool = False,
-        loss_fn: LossFn | None = None,
-        start_step: int = 0,
-        device: torch.device | str | None = None,
-        check_finite: bool = True,
-        skip_nonfinite: bool = False,
-        heldout: Iterable | None = None,
-        heldout_reference: GroupMetrics | None = None,
-        heldout_spec: GroupSpec | None = None,
-        constraint_estimate: ConstraintEstimate = "train",
-        backend: Backend = "torch",
+        **options: Unpack[ProblemOptions],
     ) -> None:
-        if heldout is not None and heldout_reference is None:
+        if options.get("heldout") is not None and options.get("heldout_reference") is None:
             raise ValueError(
                 "held-out estimation compares with the dense model on the held-out data: pass `heldout_reference`, "
                 "e.g. evaluate_groups(dense_model, heldout_loader, groups=spec)."
@@ -142,24 +129,9 @@ class CEAG(GroupFairnessProblem):
         self.buffer_size = buffer_size
         self.overall = overall
         self.detach_overall = detach_overall
-        super().__init__(
-            reference=reference,
-            loss_fn=loss_fn,
-            start_step=start_step,
-            device=device,
-            check_finite=check_finite,
-            skip_nonfinite=skip_nonfinite,
-            heldout=heldout,
-            heldout_reference=heldout_reference,
-            heldout_spec=heldout_spec,
-            constraint_estimate=constraint_estimate,
-            backend=backend,
-        )
-        self.buffers = (
-            ReplayBufferStore(self.num_groups, buffer_size, device=self.device, backend=self.backend)
-            if buffer_size is not None
-            else None
-        )
+        super().__init__(reference=reference, **options)
+        store = ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size else None
+        self.buffers: ReplayBufferStore | None = self.register_state("buffers", store)
 
     def update_estimates(self, stats: BatchStatistics) -> None:
         """Feed each sample's 0/1 accuracy to its groups' replay buffers."""
@@ -218,20 +190,6 @@ class CEAG(GroupFairnessProblem):
             "buffer_size": self.buffer_size,
             "overall": self.overall,
         }
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"buffers": self.buffers.state_dict() if self.buffers is not None else None}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.buffers is not None:
-            self.buffers.load_state_dict(state["buffers"])
-
-    def _extra_tensors(self) -> list[torch.Tensor]:
-        return self.buffers.tensors() if self.buffers is not None else []
-
-    def _move_extra_state(self, device: torch.device) -> None:
-        if self.buffers is not None:
-            self.buffers.to(device, dtype=self.fairness.multiplier.weight.dtype)
 
 
 class TwoSidedCEAG(CEAG):

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cooper
 import torch
 
 from ceag_cooper._validation import check_non_negative_float, check_positive_int
-from ceag_cooper.buffers import ReplayBufferStore
-from ceag_cooper.groups import GroupSpec
-from ceag_cooper.native import Backend
-from ceag_cooper.problems.base import BatchStatistics, ConstraintEstimate, GroupFairnessProblem
-from ceag_cooper.problems.ceag import weighted_overall
-from ceag_cooper.stats import GroupMetrics, LossFn
+from ceag_cooper.metrics.functional import weighted_overall
+from ceag_cooper.metrics.group_metrics import GroupMetrics
+from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem, ProblemOptions
+from ceag_cooper.problems.buffers import ReplayBufferStore, TensorState
+
+if TYPE_CHECKING:  # annotations only: no runtime dependency
+    from typing_extensions import Unpack
 
 __all__ = ["EqualizedLoss"]
 
@@ -44,9 +44,8 @@ class EqualizedLoss(GroupFairnessProblem):
         absolute: use :math:`|L_g - L| - \epsilon \le 0` instead of equalities.
         tolerance: :math:`\epsilon` for ``absolute=True`` (must stay 0 otherwise).
         form: ``"signed"`` (default) or ``"paper"`` (see above; not with ``absolute=True``).
-        loss_fn, start_step, device, check_finite, skip_nonfinite, heldout, heldout_spec,
-            constraint_estimate, backend: see
-            :class:`GroupFairnessProblem` (held-out batches then drive the multiplier step).
+        **options: :class:`ProblemOptions`, see :class:`GroupFairnessProblem` (held-out batches
+            then drive the multiplier step).
 
     Example:
         >>> import torch
@@ -66,15 +65,7 @@ class EqualizedLoss(GroupFairnessProblem):
         absolute: bool = False,
         tolerance: float = 0.0,
         form: Literal["signed", "paper"] = "signed",
-        loss_fn: LossFn | None = None,
-        start_step: int = 0,
-        device: torch.device | str | None = None,
-        check_finite: bool = True,
-        skip_nonfinite: bool = False,
-        heldout: Iterable | None = None,
-        heldout_spec: GroupSpec | None = None,
-        constraint_estimate: ConstraintEstimate = "train",
-        backend: Backend = "torch",
+        **options: Unpack[ProblemOptions],
     ) -> None:
         if form not in ("signed", "paper"):
             raise ValueError(f"`form` must be 'signed' or 'paper', got {form!r}.")
@@ -89,25 +80,13 @@ class EqualizedLoss(GroupFairnessProblem):
         self.absolute = absolute
         self.buffer_size = buffer_size
         self.constraint_type = cooper.ConstraintType.INEQUALITY if absolute else cooper.ConstraintType.EQUALITY
-        super().__init__(
-            num_groups=num_groups,
-            reference=reference,
-            loss_fn=loss_fn,
-            start_step=start_step,
-            device=device,
-            check_finite=check_finite,
-            skip_nonfinite=skip_nonfinite,
-            heldout=heldout,
-            heldout_spec=heldout_spec,
-            constraint_estimate=constraint_estimate,
-            backend=backend,
+        super().__init__(num_groups=num_groups, reference=reference, **options)
+        store = ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size else None
+        self.buffers: ReplayBufferStore | None = self.register_state("buffers", store)
+        # Samples seen per group: the overall's weights when no reference gives population shares.
+        self.seen_counts = self.register_state(
+            "seen_counts", TensorState(torch.zeros(self.num_groups, device=self.device))
         )
-        self.buffers = (
-            ReplayBufferStore(self.num_groups, buffer_size, device=self.device, backend=self.backend)
-            if buffer_size is not None
-            else None
-        )
-        self._seen_counts = torch.zeros(self.num_groups, device=self.device)
 
     def _shape(self, gaps: torch.Tensor) -> torch.Tensor:
         if self.form == "paper":
@@ -116,7 +95,7 @@ class EqualizedLoss(GroupFairnessProblem):
 
     def update_estimates(self, stats: BatchStatistics) -> None:
         """Feed per-sample losses to the buffers and count the groups seen."""
-        self._seen_counts += stats.group_count.detach()
+        self.seen_counts.value += stats.group_count.detach()
         if self.buffers is not None:
             self.buffers.update(stats.group_ids, stats.per_sample_loss.detach())
 
@@ -130,9 +109,9 @@ class EqualizedLoss(GroupFairnessProblem):
             return self._shape(stats.group_loss.detach() - stats.loss.detach()), stats.present
         group_loss, observed = self.buffers.query()
         if self.form == "paper":  # the official code: unweighted mean over the observed groups
-            shares = torch.ones_like(self._seen_counts)
+            shares = torch.ones_like(self.seen_counts.value)
         else:
-            shares = self.reference.population_share if self.reference is not None else self._seen_counts
+            shares = self.reference.population_share if self.reference is not None else self.seen_counts.value
         overall = weighted_overall(group_loss, observed.to(group_loss.dtype) * shares.to(group_loss.dtype))
         return self._shape(group_loss - overall), observed
 
@@ -145,22 +124,3 @@ class EqualizedLoss(GroupFairnessProblem):
             "tolerance": self.tolerance,
             "form": self.form,
         }
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {
-            "buffers": self.buffers.state_dict() if self.buffers is not None else None,
-            "seen_counts": self._seen_counts.clone(),
-        }
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.buffers is not None:
-            self.buffers.load_state_dict(state["buffers"])
-        self._seen_counts.copy_(state["seen_counts"])
-
-    def _extra_tensors(self) -> list[torch.Tensor]:
-        return [*(self.buffers.tensors() if self.buffers is not None else []), self._seen_counts]
-
-    def _move_extra_state(self, device: torch.device) -> None:
-        if self.buffers is not None:
-            self.buffers.to(device, dtype=self.fairness.multiplier.weight.dtype)
-        self._seen_counts = self._seen_counts.to(device)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ceag_cooper.stats import GroupMetrics
+from ceag_cooper.metrics.group_metrics import GroupMetrics
 
 __all__ = ["DisparityReport", "plot_comparison"]
 
