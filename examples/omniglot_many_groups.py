@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from ceag_cooper.cli import results_table
-from ceag_cooper.pipeline import ExperimentConfig, load_task, run_experiment
+from ceag_cooper.experiments import ExperimentConfig, load_task, run_experiment
+from ceag_cooper.experiments.cli import results_table
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

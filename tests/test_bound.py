@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ceag_cooper as cc
-from ceag_cooper.pipeline import ExperimentConfig, load_task, primal_lr, run_experiment
+from ceag_cooper.experiments import ExperimentConfig, load_task, primal_lr, run_experiment
 from ceag_cooper.problems.base import GroupFairnessProblem
 from ceag_cooper.selection import IterateSelector, select_iterate
 
@@ -283,7 +283,7 @@ def test_epoch_log_has_the_diagnosis_fields(tmp_path):
 
 
 def test_epoch_log_summarizes_many_constraints():
-    from ceag_cooper.pipeline import _constraint_log
+    from ceag_cooper.experiments.finetuning import _constraint_log
 
     counts = tuple(float(10 + i) for i in range(30))
     problem = cc.CEAG(reference=reference_metrics(accuracy=(0.8,) * 30, counts=counts), buffer_size=None)

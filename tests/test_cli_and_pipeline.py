@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from ceag_cooper.cli import main
 from ceag_cooper.data import resolve_data_dir
-from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment
+from ceag_cooper.experiments import METHODS, ExperimentConfig, load_task, run_experiment
+from ceag_cooper.experiments.cli import main
 
 TINY = {"task": "synthetic", "model": "mlp", "width": 8, "dense_epochs": 2, "prune_epochs": 1, "finetune_epochs": 1}
 UTKFACE = resolve_data_dir() / "utkface" / "UTKFace.tar.gz"
@@ -105,7 +105,7 @@ BOUND_OPTIONS = {"final_iterate": "feasible_best", "constraint_estimate": "eval"
 
 @pytest.mark.parametrize(("method", "options"), [("nft_es", {}), ("ceag_heldout_select", {}), ("ceag", BOUND_OPTIONS)])
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, method, options):
-    import ceag_cooper.pipeline as pipeline
+    import ceag_cooper.experiments.finetuning as pipeline
 
     settings = {**TINY, "finetune_epochs": 2, **options}
     config = ExperimentConfig(**settings, method=method, output_dir=str(tmp_path / "a"))
@@ -137,7 +137,7 @@ def test_a_reused_dense_checkpoint_must_be_intact_and_match_its_settings(tmp_pat
     import torch
 
     from ceag_cooper.checkpoint import CheckpointError
-    from ceag_cooper.pipeline import train_dense
+    from ceag_cooper.experiments import train_dense
 
     config = ExperimentConfig(**TINY, output_dir=str(tmp_path), augment=False)
     task = load_task(config)
@@ -196,7 +196,8 @@ def test_runs_know_their_data_and_settings(tmp_path, monkeypatch):
     """Regression (issue #16 item 2): other data reused the old dense model; resume ignored what changed."""
     import dataclasses
 
-    import ceag_cooper.pipeline as pipeline
+    import ceag_cooper.experiments as pipeline
+    import ceag_cooper.experiments.finetuning as finetuning
     from ceag_cooper.checkpoint import CheckpointError
 
     config = ExperimentConfig(**{**TINY, "finetune_epochs": 2}, method="ceag", output_dir=str(tmp_path))
@@ -208,17 +209,17 @@ def test_runs_know_their_data_and_settings(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="trained on other data"):
         run_experiment(config, task=other, progress=False)
     # An interrupted run resumes only with the same settings.
-    original = pipeline.save_checkpoint
+    original = finetuning.save_checkpoint
 
     def interrupt(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt
 
     fresh = ExperimentConfig.from_dict({**config.__dict__, "output_dir": str(tmp_path / "b")})
-    monkeypatch.setattr(pipeline, "save_checkpoint", interrupt)
+    monkeypatch.setattr(finetuning, "save_checkpoint", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(fresh, task=task, progress=False)
-    monkeypatch.setattr(pipeline, "save_checkpoint", original)
+    monkeypatch.setattr(finetuning, "save_checkpoint", original)
     changed = ExperimentConfig.from_dict({**fresh.__dict__, "dual_lr": 0.5})
     checkpoint = tmp_path / "b" / "checkpoints" / f"{fresh.run_name()}.pt"
     (checkpoint.parent / f"{changed.run_name()}.pt").write_bytes(checkpoint.read_bytes())  # as if renamed
@@ -228,12 +229,12 @@ def test_runs_know_their_data_and_settings(tmp_path, monkeypatch):
 
 def test_the_dense_key_follows_the_code_that_trains_the_dense_model(monkeypatch):
     """Issue #16 item 2: a cached dense model must not outlive a change of the code that trained it."""
-    import ceag_cooper.pipeline as pipeline
+    import ceag_cooper.experiments as pipeline
 
     config = ExperimentConfig(**TINY)
     before = config.dense_key()
     assert pipeline.dense_code_fingerprint() == pipeline.dense_code_fingerprint()  # stable within a version
-    monkeypatch.setattr(pipeline, "dense_code_fingerprint", lambda: "another version")
+    monkeypatch.setattr(pipeline.dense, "dense_code_fingerprint", lambda: "another version")
     assert config.dense_key() != before
 
 
@@ -241,7 +242,7 @@ def test_results_record_repository_paths_relative():
     """Committed results must hold no machine paths: paths inside the repository are written relative."""
     from pathlib import Path
 
-    from ceag_cooper.pipeline import _portable
+    from ceag_cooper.experiments import portable_path as _portable
 
     root = Path(__file__).resolve().parents[1]
     assert _portable(root / "benchmarks" / "runs" / "x") == "benchmarks/runs/x"

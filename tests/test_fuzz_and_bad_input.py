@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import ceag_cooper as cc
 from ceag_cooper.data import load_utkface
-from ceag_cooper.pipeline import ExperimentConfig
+from ceag_cooper.experiments import ExperimentConfig
 from ceag_cooper.pruning import ChannelPruner, GradualSchedule, MagnitudePruner, OneShotSchedule
 
 

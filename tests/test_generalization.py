@@ -123,7 +123,7 @@ def test_averaging_keeps_common_zeros_and_the_monitor_warns():
 
 @pytest.mark.parametrize(("method", "kind"), [("ceag_heldout", cc.CEAG), ("ceag_heldout_two_sided", cc.TwoSidedCEAG)])
 def test_pipeline_heldout_methods_build_the_right_problem(method, kind):
-    from ceag_cooper.pipeline import ExperimentConfig, make_problem
+    from ceag_cooper.experiments import ExperimentConfig, make_problem
 
     batches = [(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))]
     problem = make_problem(ExperimentConfig(method=method), REFERENCE, 0, (batches, REFERENCE))
@@ -135,7 +135,7 @@ def test_pipeline_heldout_methods_build_the_right_problem(method, kind):
 
 def test_heldout_methods_train_the_dense_model_without_the_heldout_part(tmp_path, monkeypatch):
     """A dense model trained on the held-out part has inflated reference accuracies there."""
-    import ceag_cooper.pipeline as pipeline
+    import ceag_cooper.experiments as pipeline
 
     tiny = {"task": "synthetic", "model": "mlp", "width": 8, "dense_epochs": 1, "augment": False}
     config = pipeline.ExperimentConfig(**tiny, method="ceag_heldout", output_dir=str(tmp_path))
@@ -143,13 +143,13 @@ def test_heldout_methods_train_the_dense_model_without_the_heldout_part(tmp_path
     assert config.dense_key() != plain.dense_key()
     task = pipeline.load_task(config)
     seen = []
-    real_batches = pipeline.GroupDataset.batches
+    real_batches = pipeline.tasks.GroupDataset.batches
 
     def spy(self, *args, **kwargs):
         seen.append(len(self))
         return real_batches(self, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.GroupDataset, "batches", spy)
+    monkeypatch.setattr(pipeline.tasks.GroupDataset, "batches", spy)
     pipeline.train_dense(config, task, progress=False)
     fit, held = pipeline.heldout_split(config, task)
     assert seen == [len(fit)]  # one dense epoch, on the fit part only

@@ -121,5 +121,5 @@ def warn_if_attributes(group_ids: torch.Tensor) -> None:
         warnings.warn(
             "`group_ids` of shape (N, M) whose columns overlap look like protected *attributes*, not group ids: "
             "convert them with spec.group_ids(attributes) (GroupSpec). (N, M) ids mean each sample is in M groups.",
-            stacklevel=5,
+            stacklevel=6,  # the caller of compute_cmp_state (through run_together and its lambda)
         )

@@ -1,6 +1,6 @@
 """The ``ceag-cooper`` command line: train-dense, prune, report, demo.
 
-Every experiment option is a field of :class:`ceag_cooper.pipeline.ExperimentConfig`; the flags
+Every experiment option is a field of :class:`ceag_cooper.experiments.ExperimentConfig`; the flags
 are generated from it (``--dense-epochs`` sets ``dense_epochs``), so the CLI, the pipeline and
 the results JSON always agree.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 from ceag_cooper import __version__
 from ceag_cooper.checkpoint import CheckpointError
+from ceag_cooper.experiments import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
 from ceag_cooper.metrics import DisparityReport, plot_comparison
-from ceag_cooper.pipeline import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
 
 __all__ = ["main", "results_table"]
 

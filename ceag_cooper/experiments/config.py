@@ -1,0 +1,160 @@
+"""One experiment cell's settings: :class:`ExperimentConfig`, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ceag_cooper._validation import check_non_negative_float
+from ceag_cooper.experiments.naming import LEGACY_PROTOCOL, run_name
+from ceag_cooper.experiments.registry import get_method
+from ceag_cooper.pruning import check_sparsity
+
+__all__ = ["DENSE_FIELDS", "HELDOUT_FRACTION", "LEGACY_PROTOCOL", "VALIDATION_SEED", "ExperimentConfig"]
+
+HELDOUT_FRACTION = 0.2
+"""Share of the training split that held-out methods and validation mode set apart."""
+VALIDATION_SEED = 2024
+"""Seed of the validation split (``ExperimentConfig.validation``): fixed, so that every candidate
+setting is scored on the same samples."""
+
+DENSE_FIELDS = (
+    "task", "target", "image_size", "model", "width", "seed", "batch_size",
+    "dense_epochs", "dense_lr", "weight_decay", "augment", "subset",
+)  # fmt: skip
+
+"""The fields that determine the dense model (its checkpoint is shared by every cell that agrees on them)."""
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines one (task, sparsity, method, seed) run. Defaults: the demo's.
+
+    The defaults are still the protocol the demo and the first grids ran with
+    (:data:`LEGACY_PROTOCOL`); issue #13's options (schedule, eval-mode estimates, margin, nuPI,
+    feasibility-first iterate, the paper's EL) are opt-in until its grid has measured them.
+    """
+
+    task: str = "utkface"
+    target: str = "race"
+    protected: tuple[str, ...] = ("race",)
+    group_mode: str = "intersectional"
+    image_size: int = 32
+    model: str = "small_cnn"
+    width: int = 32
+    seed: int = 0
+    batch_size: int = 128
+    dense_epochs: int = 15
+    dense_lr: float = 0.05
+    weight_decay: float = 5e-4
+    augment: bool = True
+    sparsity: float = 0.9
+    prune_epochs: int = 4
+    finetune_epochs: int = 4
+    lr: float = 0.01
+    lr_milestones: tuple[float, ...] = ()
+    """Fractions of the ``prune_epochs + finetune_epochs`` epochs after which the primal LR is
+    multiplied by ``lr_gamma`` (epoch ``int(m * total)`` starts decayed); empty: a constant LR. The
+    paper's schedule is ``(0.6, 0.8, 0.9)`` (issue #13's grids, ``benchmarks/run_grid.py``)."""
+    lr_gamma: float = 0.1
+    method: str = "ceag"
+    tolerance: float = 0.01
+    margin: float = 0.0
+    """CEAG enforces ``tolerance - margin``; ``tolerance`` stays the requirement reports check."""
+    buffer_size: int = 40
+    dual_lr: float = 0.01
+    dual_optimizer: str = "sgd"
+    """``"sgd"`` (the paper) or ``"nupi"`` (see :func:`ceag_cooper.build_optimizer`)."""
+    nupi_kp: float = 0.0
+    nupi_ema: float = 0.0
+    constraint_estimate: str = "train"
+    """``"train"`` or ``"eval"``: what the multiplier step sees (see ``GroupFairnessProblem``)."""
+    final_iterate: str = "last"
+    """``"last"`` or ``"feasible_best"``: constrained methods return the most accurate iterate with
+    train max ψ ≤ ε among the epoch ends at final sparsity (eval mode, the constraint data), else
+    the least infeasible one. Unconstrained methods always return the last (NFT+ES: best test)."""
+    el_form: str = "signed"
+    """Equalized loss: ``"signed"`` (L_g - L = 0) or ``"paper"`` (the official code's |L_g - L| = 0)."""
+    mitigate_during_pruning: bool = False
+    subset: int | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    output_dir: str = "outputs"
+    validation: bool = False
+    """Hyperparameter-selection mode: train on a group-stratified 80% of the training split and
+    report the other 20% as the "test" split, so that settings are chosen without the test set."""
+
+    def __post_init__(self) -> None:
+        self.protected = tuple(self.protected)
+        self._check_numbers()
+        check_sparsity(self.sparsity)
+        check_non_negative_float(self.tolerance, "tolerance")
+        if self.group_mode not in ("intersectional", "marginal"):
+            raise ValueError(f"`group_mode` must be 'intersectional' or 'marginal', got {self.group_mode!r}.")
+        get_method(self.method)  # an unknown name is a clear error listing the registered ones
+        if self.prune_epochs < 1 or self.finetune_epochs < 0 or self.dense_epochs < 0:
+            raise ValueError("`prune_epochs` must be >= 1, `finetune_epochs` and `dense_epochs` >= 0.")
+        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
+        if any(not 0 < m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ValueError(f"`lr_milestones` must be increasing fractions in (0, 1), got {self.lr_milestones}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"`lr_gamma` must be in (0, 1], got {self.lr_gamma}.")
+        check_non_negative_float(self.margin, "margin")
+        choices = {
+            "dual_optimizer": ("sgd", "nupi"),
+            "constraint_estimate": ("train", "eval"),
+            "final_iterate": ("last", "feasible_best"),
+            "el_form": ("signed", "paper"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if not (math.isfinite(self.nupi_kp) and self.nupi_kp >= 0 and 0 <= self.nupi_ema < 1):
+            raise ValueError(f"`nupi_kp` must be >= 0 and `nupi_ema` in [0, 1), got {self.nupi_kp}, {self.nupi_ema}.")
+
+    def _check_numbers(self) -> None:
+        """Every numeric field, before any work (a bad value used to fail after dense training)."""
+        for name in ("batch_size", "width", "image_size", "buffer_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        for name in ("seed", "dense_epochs", "prune_epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
+        if self.subset is not None and (isinstance(self.subset, bool) or not isinstance(self.subset, int)
+                                        or self.subset < 4):  # fmt: skip
+            raise ValueError(
+                f"`subset` must be an integer >= 4 (a quarter of it is the test split), got {self.subset!r}."
+            )
+        for name in ("lr", "dense_lr", "dual_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+        check_non_negative_float(self.weight_decay, "weight_decay")
+
+    def dense_key(self) -> str:
+        """Hash of what determines the dense model (:func:`ceag_cooper.experiments.dense.dense_key`)."""
+        from ceag_cooper.experiments.dense import dense_key  # the dense code imports this module
+
+        return dense_key(self)
+
+    @property
+    def uses_heldout(self) -> bool:
+        """Whether the method estimates its constraints on a held-out part of the training split."""
+        return get_method(self.method).uses_heldout
+
+    def run_name(self) -> str:
+        """A file-name-safe name of the run, ending with a hash of every setting that matters."""
+        return run_name(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """Build from a dict, ignoring unknown keys."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def with_overrides(self, **overrides: Any) -> ExperimentConfig:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **overrides)

@@ -1,0 +1,74 @@
+"""The data of an experiment: :class:`Task` (both splits and their groups) for each named data set."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkface, make_group_imbalanced_task
+from ceag_cooper.experiments.config import HELDOUT_FRACTION, VALIDATION_SEED
+from ceag_cooper.groups import GroupSpec
+
+if TYPE_CHECKING:
+    from ceag_cooper.experiments.config import ExperimentConfig
+
+__all__ = ["TASKS", "Task", "data_fingerprint", "heldout_split", "load_task"]
+
+TASKS = ("utkface", "adult", "omniglot", "synthetic")
+"""The data sets :func:`load_task` knows."""
+
+
+@dataclass
+class Task:
+    """Data of one experiment: splits restricted to the protected attributes, and their groups."""
+
+    train: GroupDataset
+    test: GroupDataset
+    spec: GroupSpec
+    input_shape: tuple[int, ...] = field(default_factory=tuple)
+
+
+def load_task(config: ExperimentConfig) -> Task:
+    """Load the train and test splits of ``config.task`` and the group specification."""
+    if config.task == "utkface":
+        kwargs = {"target": config.target, "protected": config.protected, "size": config.image_size}
+        kwargs.update(data_dir=config.data_dir, cache_dir=config.cache_dir)
+        train, test = load_utkface(split="train", **kwargs), load_utkface(split="test", progress=False, **kwargs)
+    elif config.task == "adult":
+        train, test = load_adult(config.data_dir, protected=config.protected)
+    elif config.task == "omniglot":
+        train, test = load_omniglot(config.data_dir, size=config.image_size, groups=config.protected[0])
+    elif config.task == "synthetic":
+        task = make_group_imbalanced_task(4000, seed=config.seed)
+        names = (("majority", "minority", "rare"),)
+        common = {"attribute_names": ("group",), "value_names": names, "class_names": ("0", "1")}
+        split = 3200
+        train = GroupDataset(
+            task.inputs[:split], task.targets[:split], task.attributes[:split], name="synthetic-train", **common
+        )
+        test = GroupDataset(
+            task.inputs[split:], task.targets[split:], task.attributes[split:], name="synthetic-test", **common
+        )
+    else:
+        raise ValueError(f"unknown task {config.task!r}; choose among {', '.join(TASKS)}.")
+    if config.subset is not None:
+        gen = torch.Generator().manual_seed(0)
+        train = train.subset(torch.randperm(len(train), generator=gen)[: config.subset])
+        test = test.subset(torch.randperm(len(test), generator=gen)[: max(1, config.subset // 4)])
+    if config.validation:  # the held-out 20% plays the test split; the real test split is not used
+        train, test = train.split_by_group(HELDOUT_FRACTION, seed=VALIDATION_SEED)
+    spec = train.group_spec(mode=config.group_mode)  # type: ignore[arg-type]
+    return Task(train=train, test=test, spec=spec, input_shape=tuple(train.inputs.shape[1:]))
+
+
+def data_fingerprint(task: Task) -> str:
+    """Which data a run used: a hash of both splits' contents (see ``GroupDataset.fingerprint``)."""
+    return hashlib.sha256(f"{task.train.fingerprint()}{task.test.fingerprint()}".encode()).hexdigest()[:16]
+
+
+def heldout_split(config: ExperimentConfig, task: Task) -> tuple[GroupDataset, GroupDataset]:
+    """``(fit, held_out)``: the group-stratified split of the training data used by held-out methods."""
+    return task.train.split_by_group(HELDOUT_FRACTION, seed=config.seed)
