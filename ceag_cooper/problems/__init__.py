@@ -2,8 +2,10 @@
 
 Layers: :mod:`~ceag_cooper.problems.statistics` (what a batch says per group),
 :mod:`~ceag_cooper.problems.buffers` (replay buffers and other registered state),
-:mod:`~ceag_cooper.problems.heldout` (held-out batches for the multiplier step),
-:mod:`~ceag_cooper.problems.base` (the Cooper plumbing), then one file per method.
+:mod:`~ceag_cooper.problems.estimates` (the multiplier side: training pass, held-out batches or an
+eval pass), :mod:`~ceag_cooper.problems.options` (the shared options),
+:mod:`~ceag_cooper.problems.state` (registered state), :mod:`~ceag_cooper.problems.sync`
+(distributed), :mod:`~ceag_cooper.problems.base` (the Cooper plumbing), then one file per method.
 """
 
 from ceag_cooper.problems.base import ConstraintEstimate, GroupFairnessProblem, ProblemOptions

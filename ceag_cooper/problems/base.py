@@ -7,9 +7,8 @@ estimators' feeding order and state, the Cooper plumbing, distributed training a
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
-from typing import Any, ClassVar, Literal, TypedDict
+from typing import Any, ClassVar
 
 import cooper
 import torch
@@ -17,10 +16,18 @@ import torch
 from ceag_cooper import distributed
 from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
 from ceag_cooper.groups import GroupSpec
-from ceag_cooper.metrics.evaluation import call_model, move_to
+from ceag_cooper.metrics.evaluation import call_model
 from ceag_cooper.metrics.functional import LossFn
 from ceag_cooper.metrics.group_metrics import GroupMetrics
-from ceag_cooper.problems.heldout import HeldoutBatches, eval_logits
+from ceag_cooper.problems import sync
+from ceag_cooper.problems.estimates import HeldoutBatches, multiplier_statistics
+from ceag_cooper.problems.options import (
+    ConstraintEstimate,
+    ProblemOptions,
+    check_heldout_references,
+    check_reference,
+)
+from ceag_cooper.problems.state import RegisteredState
 from ceag_cooper.problems.statistics import (
     BatchStatistics,
     batch_statistics,
@@ -30,76 +37,8 @@ from ceag_cooper.problems.statistics import (
 
 __all__ = ["BatchStatistics", "ConstraintEstimate", "GroupFairnessProblem", "ProblemOptions"]
 
-ConstraintEstimate = Literal["train", "eval"]
-"""Where the multiplier step's statistics come from: the training forward pass (``"train"``) or
-one extra no-grad forward of the clean batch with the model in eval mode (``"eval"``)."""
 
-
-class ProblemOptions(TypedDict, total=False):
-    """The keyword options every problem accepts and forwards to :class:`GroupFairnessProblem`.
-
-    Subclasses take them as ``**options: Unpack[ProblemOptions]``, so a new base option is added in
-    one place (here and in the base signature; a test keeps the two equal).
-    """
-
-    loss_fn: LossFn | None
-    start_step: int
-    device: torch.device | str | None
-    check_finite: bool
-    skip_nonfinite: bool
-    heldout: Iterable | None
-    heldout_reference: GroupMetrics | None
-    heldout_spec: GroupSpec | None
-    constraint_estimate: ConstraintEstimate
-
-
-def _check_reference(reference: GroupMetrics | None, num_groups: int | None) -> int | None:
-    """The number of groups, checked against ``reference`` (every group must have samples)."""
-    if reference is None:
-        return num_groups
-    if not isinstance(reference, GroupMetrics):
-        raise TypeError(f"`reference` must be a GroupMetrics, got {type(reference).__name__}.")
-    if num_groups is not None and num_groups != reference.num_groups:
-        raise ValueError(
-            f"`reference` was computed for {reference.num_groups} groups but `num_groups={num_groups}`; "
-            "recompute the reference with the same GroupSpec as the problem."
-        )
-    empty = (reference.group_count <= 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(
-            f"groups {empty[:10]} have zero samples in `reference`: their dense accuracy is undefined. "
-            "Drop or merge those groups (fewer attribute values), or use a larger reference set."
-        )
-    return reference.num_groups
-
-
-def _check_heldout_references(
-    num_groups: int, reference: GroupMetrics | None, heldout_reference: GroupMetrics | None, spec: GroupSpec | None
-) -> None:
-    """The held-out reference and the spec that turns held-out attributes into ids agree with the problem."""
-    if heldout_reference is not None and heldout_reference.num_groups != num_groups:
-        raise ValueError(f"`heldout_reference` has {heldout_reference.num_groups} groups, the problem {num_groups}.")
-    if reference is not None and heldout_reference is not None:
-        reference.check_same_groups(heldout_reference, "`reference` and `heldout_reference`")
-    for name, metrics in (("reference", reference), ("heldout_reference", heldout_reference)):
-        if spec is not None and metrics is not None and metrics.spec not in (None, spec.fingerprint):
-            raise ValueError(
-                f"`{name}` was computed with another GroupSpec than `heldout_spec` (fingerprints {metrics.spec} "
-                f"and {spec.fingerprint}): its group g is not the held-out batches' group g."
-            )
-
-
-def _digest(metrics: GroupMetrics) -> str:
-    digest = hashlib.sha256()
-    for value in metrics.state_dict().values():
-        is_tensor = isinstance(value, torch.Tensor)
-        digest.update(
-            value.detach().cpu().double().contiguous().numpy().tobytes() if is_tensor else str(value).encode()
-        )
-    return digest.hexdigest()[:16]
-
-
-class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
+class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProblem):
     """Fine-tuning under one constraint per group, as a Cooper problem.
 
     Subclasses set :attr:`constraint_type` (``None`` for an unconstrained problem) and
@@ -188,14 +127,14 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
                 f"{type(self).__name__} needs `reference`: the dense model's GroupMetrics, e.g. "
                 "`evaluate_groups(dense_model, train_loader, groups=spec)`."
             )
-        num_groups = _check_reference(reference, num_groups)
+        num_groups = check_reference(reference, num_groups)
         if num_groups is None:
             raise ValueError("give `num_groups` or `reference` (whose number of groups is used).")
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
             raise ValueError(f"`num_groups` must be an int >= 1, got {num_groups!r}.")
         if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
             raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}.")
-        _check_heldout_references(num_groups, reference, heldout_reference, heldout_spec)
+        check_heldout_references(num_groups, reference, heldout_reference, heldout_spec)
         if device is None:
             device = reference.device if reference is not None else torch.device("cpu")
         self.num_groups = num_groups
@@ -241,37 +180,6 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Violations for the multiplier step (no gradient needed), same format as the proxy."""
         raise NotImplementedError
-
-    def register_state(self, name: str, module: torch.nn.Module | None) -> Any:
-        """Declare a stateful estimator (its tensors registered buffers); returns ``module``.
-
-        Registered state is saved and restored by :meth:`state_dict` / :meth:`load_state_dict`,
-        moved (and cast) by :meth:`to`, and broadcast from rank 0 under ``torch.distributed``; a
-        ``None`` placeholder keeps the name (e.g. CEAG without buffers). Call it in ``__init__``
-        after ``super().__init__()``, with tensors on :attr:`device`.
-
-        Example:
-            >>> import torch
-            >>> from ceag_cooper.problems.buffers import TensorState
-            >>> class Counting(GroupFairnessProblem):
-            ...     constraint_type = None
-            ...     def __init__(self, **options):
-            ...         super().__init__(**options)
-            ...         self.seen = self.register_state("seen", TensorState(torch.zeros(self.num_groups)))
-            ...     def update_estimates(self, stats):
-            ...         self.seen.value += stats.group_count
-            >>> problem = Counting(num_groups=2)
-            >>> _ = problem.compute_cmp_state(logits=torch.randn(3, 2), targets=torch.tensor([0, 1, 1]),
-            ...                               group_ids=torch.tensor([0, 1, 1]))
-            >>> problem.state_dict()["extra"]["seen"]["value"].tolist()
-            [1.0, 2.0]
-        """
-        if name in self._estimators:
-            raise ValueError(f"state {name!r} is registered already.")
-        if module is not None and not isinstance(module, torch.nn.Module):
-            raise TypeError(f"state {name!r} must be a torch.nn.Module (or None), got {type(module).__name__}.")
-        self._estimators[name] = module
-        return module
 
     # ----------------------------------------------------------------------- machinery
     @property
@@ -335,52 +243,18 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             raise ValueError("`targets` and `group_ids` are required.")
         step = f"step {self.num_steps}"
         stats = distributed.run_together(lambda: self.batch_statistics(logits, targets, group_ids), step)
-        if self.skip_nonfinite and self._any_rank_nonfinite(stats.loss):
+        if self.skip_nonfinite and sync.any_rank_nonfinite(stats.loss):
             # No loss and no constraint: Cooper computes no gradient, and torch optimizers skip
             # parameters without gradients, so neither the model nor the multipliers move.
             self.skipped_steps += 1
             return cooper.CMPState(loss=None, misc={"stats": stats, "skipped": True})
         dual_stats = distributed.run_together(
-            lambda: self._dual_statistics(stats, model, inputs, targets, estimate_inputs), step
+            lambda: multiplier_statistics(self, stats, model, inputs, targets, estimate_inputs), step
         )
         if distributed.is_distributed():  # the multiplier side sees the union of all ranks' batches
-            self._synchronize_once()
+            sync.synchronize_once(self)
             dual_stats = gather_batch_statistics(dual_stats, self.num_groups)
         return self._constraint_state(stats, dual_stats)
-
-    def _dual_statistics(
-        self,
-        stats: BatchStatistics,
-        model: torch.nn.Module | None,
-        inputs: Any,
-        targets: torch.Tensor,
-        estimate_inputs: Any,
-    ) -> BatchStatistics:
-        """The multiplier side's statistics of this rank's batch, once the batch loss is checked."""
-        if self.check_finite:
-            check_finite(stats.loss, f"the batch loss at step {self.num_steps}")
-        if self._heldout is not None:
-            if model is None or inputs is None:
-                raise ValueError(
-                    "held-out estimation evaluates the model: call compute_cmp_state with `model` and `inputs`."
-                )
-            x, held_targets, held_ids = self._heldout.next(self.device)
-            device = inputs.device if isinstance(inputs, torch.Tensor) else self.device
-            return self.batch_statistics(eval_logits(model, move_to(x, device)), held_targets, held_ids)
-        if self.constraint_estimate != "eval":
-            return stats
-        if model is None:
-            raise ValueError(
-                "constraint_estimate='eval' evaluates the model on the clean batch: call compute_cmp_state "
-                "with `model` and `inputs` (not precomputed `logits`)."
-            )
-        clean_logits = eval_logits(model, inputs if estimate_inputs is None else estimate_inputs)
-        if clean_logits.shape[0] != stats.logits.shape[0]:
-            raise ValueError(
-                f"`estimate_inputs` gave {clean_logits.shape[0]} outputs for a batch of {stats.logits.shape[0]}: "
-                "pass the same samples as `inputs`, unaugmented, in the same order."
-            )
-        return self.batch_statistics(clean_logits, targets, stats.group_ids)
 
     def _constraint_state(self, stats: BatchStatistics, global_stats: BatchStatistics) -> cooper.CMPState:
         """Feed the estimates, then the Cooper state from the local (proxy) and all-rank (strict) statistics."""
@@ -417,48 +291,14 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             )
         return values, observed
 
-    # ---------------------------------------------------------------------- distributed
-    def _any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is NaN/inf on this or (under torch.distributed) any rank."""
-        flag = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
-        if distributed.is_distributed():
-            flag = distributed.all_reduce_sum(flag)  # every rank skips together, or none does
-        return bool(flag.item() > 0)
-
-    def _synchronize_once(self) -> None:
-        """On a new process group: check every rank built the same problem, then broadcast rank 0's state."""
-        world = distributed.rank_and_world()[1]
-        if self._synchronized_world != world:
-            distributed.check_same_config_on_all_ranks(self._identity(), f"the configuration of {type(self).__name__}")
-            self.broadcast_state()
-            self._synchronized_world = world
-
-    def _identity(self) -> dict[str, Any]:
-        """What must agree between ranks: the config, every public setting, and the reference itself."""
-        counters = {"num_steps", "skipped_steps", "training"}  # state, compared by the broadcast instead
-        settings = {
-            k: v for k, v in vars(self).items()
-            if not k.startswith("_") and k not in counters and isinstance(v, (bool, int, float, str, type(None)))
-        }  # fmt: skip
-        references = {"reference": self.reference, "heldout_reference": self.heldout_reference}
-        digests = {name: _digest(metrics) for name, metrics in references.items() if metrics is not None}
-        return {**settings, **self.config(), **digests}
-
     def broadcast_state(self, src: int = 0) -> None:
         """Copy rank ``src``'s multipliers and registered state (e.g. buffers) to every rank.
 
         Called automatically at the first distributed step and after :meth:`load_state_dict`;
         a no-op without a process group.
         """
-        if not distributed.is_distributed():
-            return
-        if self.constraint_type is not None:
-            distributed.broadcast_(self.fairness.multiplier.weight.data, src=src)
-        for module in self._estimators.values():
-            for tensor in module.buffers() if module is not None else ():
-                distributed.broadcast_(tensor, src=src)
+        sync.broadcast_state(self, src)
 
-    # ------------------------------------------------------------------- device & state
     def config(self) -> dict[str, Any]:
         """Plain description of the problem, stored in checkpoints and checked on load."""
         return {
@@ -468,54 +308,3 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             "start_step": self.start_step,
             "constraint_estimate": self.constraint_estimate,
         }
-
-    def to(self, *args: Any, **kwargs: Any) -> GroupFairnessProblem:
-        """Move (or cast) multipliers, references and registered state (``problem.to("cuda")``)."""
-        super().to(*args, **kwargs)
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        device = self.device if device is None else torch.empty(0, device=device).device
-        self.device = device
-        if self.reference is not None:
-            self.reference = self.reference.to(device)
-        if self.heldout_reference is not None:
-            self.heldout_reference = self.heldout_reference.to(device)
-        if self.constraint_type is not None:
-            self._indices = self._indices.to(device)
-        for module in self._estimators.values():
-            if module is not None:
-                module.to(*args, **kwargs)  # floating state follows a dtype cast (e.g. float64)
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        """Multipliers, reference statistics, registered state, step count and config."""
-        state = super().state_dict()
-        state.update(
-            config=self.config(),
-            num_steps=self.num_steps,
-            skipped_steps=self.skipped_steps,
-            heldout_position=self._heldout.position if self._heldout is not None else 0,
-            reference=self.reference.state_dict() if self.reference is not None else None,
-            extra={name: m.state_dict() if m is not None else None for name, m in self._estimators.items()},
-        )
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; the config must match this problem's."""
-        saved, mine = state_dict["config"], self.config()
-        if saved != mine:
-            raise ValueError(f"checkpoint was saved by a problem with config {saved}, this problem has {mine}.")
-        extra = state_dict["extra"]
-        missing = [name for name, m in self._estimators.items() if m is not None and extra.get(name) is None]
-        if missing:
-            raise ValueError(f"the checkpoint has no state for {missing}: it was saved by another kind of problem.")
-        super().load_state_dict(state_dict)
-        self.num_steps = int(state_dict["num_steps"])
-        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
-        if self._heldout is not None:
-            self._heldout.position = int(state_dict.get("heldout_position", 0))
-        if state_dict["reference"] is not None:
-            self.reference = GroupMetrics.from_state_dict(state_dict["reference"]).to(self.device)
-        for name, module in self._estimators.items():
-            if module is not None:
-                module.load_state_dict(extra[name])
-        self.broadcast_state()

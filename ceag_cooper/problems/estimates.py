@@ -1,16 +1,25 @@
-"""Held-out batches for the multiplier step (Cotter et al., 2019): cycled, resumable, checked."""
+"""Where the multiplier step's statistics come from: the training pass, held-out batches, or an eval pass.
+
+Held-out batches follow Cotter et al. (2019): cycled, resumable, checked. The eval-mode estimate is
+one extra no-grad forward of the clean batch (issue #13: the final report is eval mode too).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ceag_cooper._validation import check_finite
 from ceag_cooper.groups import GroupSpec
-from ceag_cooper.metrics.evaluation import call_model
+from ceag_cooper.metrics.evaluation import call_model, move_to
+from ceag_cooper.problems.statistics import BatchStatistics
 
-__all__ = ["HeldoutBatches", "eval_logits"]
+if TYPE_CHECKING:
+    from ceag_cooper.problems.base import GroupFairnessProblem
+
+__all__ = ["HeldoutBatches", "eval_logits", "multiplier_statistics"]
 
 
 class HeldoutBatches:
@@ -72,3 +81,42 @@ def eval_logits(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
         return call_model(model, inputs)
     finally:
         model.train(was_training)
+
+
+def multiplier_statistics(
+    problem: GroupFairnessProblem,
+    stats: BatchStatistics,
+    model: torch.nn.Module | None,
+    inputs: Any,
+    targets: torch.Tensor,
+    estimate_inputs: Any,
+) -> BatchStatistics:
+    """The multiplier side's statistics of this rank's batch, once the batch loss is checked.
+
+    The training pass itself (``constraint_estimate="train"``), the next held-out batch
+    (``heldout=``), or one eval-mode, no-grad pass of the clean batch (``"eval"``).
+    """
+    if problem.check_finite:
+        check_finite(stats.loss, f"the batch loss at step {problem.num_steps}")
+    if problem._heldout is not None:
+        if model is None or inputs is None:
+            raise ValueError(
+                "held-out estimation evaluates the model: call compute_cmp_state with `model` and `inputs`."
+            )
+        x, held_targets, held_ids = problem._heldout.next(problem.device)
+        device = inputs.device if isinstance(inputs, torch.Tensor) else problem.device
+        return problem.batch_statistics(eval_logits(model, move_to(x, device)), held_targets, held_ids)
+    if problem.constraint_estimate != "eval":
+        return stats
+    if model is None:
+        raise ValueError(
+            "constraint_estimate='eval' evaluates the model on the clean batch: call compute_cmp_state "
+            "with `model` and `inputs` (not precomputed `logits`)."
+        )
+    clean_logits = eval_logits(model, inputs if estimate_inputs is None else estimate_inputs)
+    if clean_logits.shape[0] != stats.logits.shape[0]:
+        raise ValueError(
+            f"`estimate_inputs` gave {clean_logits.shape[0]} outputs for a batch of {stats.logits.shape[0]}: "
+            "pass the same samples as `inputs`, unaugmented, in the same order."
+        )
+    return problem.batch_statistics(clean_logits, targets, stats.group_ids)
