@@ -1,25 +1,23 @@
 """Cost of issue #13's options per training step, against an NFT step, side by side in one run.
 
 Every candidate is timed interleaved with NFT (AB, BA, ...) on the same weights and batches (the
-UTKFace setting: ``SmallCNN``, 3x32x32 inputs, batch 128, 5 groups, k = 40), with
-``overhead.interleaved``; ratios are medians of the paired ratios with a 95% bootstrap interval.
+UTKFace setting: ``SmallCNN``, 3x32x32 inputs, batch 128, 5 groups, k = 40), with the paired timing
+of ``benchmarks/_harness.py``; ratios are medians of the paired ratios with a 95% bootstrap interval.
 The margin costs nothing (a constant in the violation) and is not timed. The feasibility-first
 choice of the final iterate costs one eval-mode pass over the constraint data per epoch; it is
 measured as that pass's time relative to one NFT epoch of steps over the same number of samples.
 
-    python benchmarks/bound_options_cost.py           # ~5 min on 2 cores
-    python benchmarks/bound_options_cost.py --quick   # ~30 s (tests)
+    python benchmarks/bound_options_cost.py                          # ~5 min on 2 cores
+    python benchmarks/bound_options_cost.py --quick --output /tmp/b  # ~30 s, noisy numbers
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,18 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import (
-    FULL,
-    NUM_CLASSES,
-    QUICK,
-    RESULTS_DIR,
-    Comparison,
-    compare,
-    interleaved,
-    machine_info,
-    make_batches,
-    synthetic_reference,
-)
+import _harness as harness
+from _harness import BATCH_SIZE, BUFFER_SIZE, IMAGE_SHAPE, NUM_BATCHES, NUM_CLASSES, Batch, Budget, Comparison
 
 from ceag_cooper import CEAG, EqualizedLoss, Unconstrained, build_optimizer, evaluate_groups
 from ceag_cooper.models import SmallCNN
@@ -65,42 +53,33 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _step(optimizer, model, batches, clean: bool) -> Callable[[int], None]:
-    def step(i: int) -> None:
-        x, y, g = batches[i % len(batches)]
-        kwargs = {"model": model, "inputs": x, "targets": y, "group_ids": g}
-        if clean:
-            kwargs["estimate_inputs"] = x.flip(3)  # a distinct clean tensor, as the pipeline passes
-        optimizer.roll(compute_cmp_state_kwargs=kwargs)
-
-    return step
+def clean_inputs(batch: Batch) -> dict[str, Any]:
+    """A distinct clean tensor for the eval-mode estimate, as the experiments pass one."""
+    return {"estimate_inputs": batch[0].flip(3)}
 
 
-def bench_option(name: str, spec: dict[str, Any], settings) -> Comparison:
+def bench_option(name: str, spec: dict[str, Any], budget: Budget) -> Comparison:
     """One option's step against NFT's, same starting weights and batches."""
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     base = SmallCNN(num_classes=NUM_CLASSES)
-    batches = make_batches(NUM_GROUPS, 8, generator)
-    reference = synthetic_reference(NUM_GROUPS, generator)
+    batches = harness.make_batches(NUM_GROUPS, NUM_BATCHES, generator)
+    reference = harness.synthetic_reference(NUM_GROUPS, generator)
     nft_model, model = copy.deepcopy(base), copy.deepcopy(base)
     nft = build_optimizer(Unconstrained(num_groups=NUM_GROUPS), torch.optim.SGD(nft_model.parameters(), lr=0.01))
     if name.startswith("EL"):
-        problem = EqualizedLoss(reference=reference, buffer_size=40, **spec["problem"])
+        problem = EqualizedLoss(reference=reference, buffer_size=BUFFER_SIZE, **spec["problem"])
     else:
-        problem = CEAG(reference=reference, buffer_size=40, **spec["problem"])
+        problem = CEAG(reference=reference, buffer_size=BUFFER_SIZE, **spec["problem"])
     primal = torch.optim.SGD(model.parameters(), lr=0.01)
     optimizer = build_optimizer(problem, primal, dual_lr=0.01, **spec["optimizer"])
-    clean = spec["problem"].get("constraint_estimate") == "eval"
-    times = interleaved(
-        _step(nft, nft_model, batches, False),
-        _step(optimizer, model, batches, clean),
-        warmup=settings.step_warmup,
-        min_reps=settings.step_min_reps,
-        max_reps=settings.step_max_reps,
-        budget_s=settings.step_budget_s,
+    extra = clean_inputs if spec["problem"].get("constraint_estimate") == "eval" else None
+    return harness.paired(
+        ("NFT", name),
+        harness.roll_fn(nft, nft_model, batches),
+        harness.roll_fn(optimizer, model, batches, extra),
+        budget,
     )
-    return compare(("NFT", name), *times)
 
 
 def bench_selection_pass(samples: int, reps: int) -> dict[str, float]:
@@ -108,10 +87,11 @@ def bench_selection_pass(samples: int, reps: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = SmallCNN(num_classes=NUM_CLASSES)
     generator = torch.Generator().manual_seed(1)
-    batches = make_batches(NUM_GROUPS, 8, generator)
-    steps = samples // 128
+    batches = harness.make_batches(NUM_GROUPS, NUM_BATCHES, generator)
+    steps = samples // BATCH_SIZE
     nft = build_optimizer(Unconstrained(num_groups=NUM_GROUPS), torch.optim.SGD(model.parameters(), lr=0.01))
-    loader = [(torch.randn(512, 3, 32, 32, generator=generator), torch.randint(0, NUM_CLASSES, (512,)),
+    nft_step = harness.roll_fn(nft, model, batches)
+    loader = [(torch.randn(512, *IMAGE_SHAPE, generator=generator), torch.randint(0, NUM_CLASSES, (512,)),
                torch.randint(0, NUM_GROUPS, (512,))) for _ in range(samples // 512)]  # fmt: skip
     eval_times, epoch_times = [], []
     for _ in range(reps):
@@ -120,35 +100,21 @@ def bench_selection_pass(samples: int, reps: int) -> dict[str, float]:
         eval_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         for i in range(steps):
-            _step(nft, model, batches, False)(i)
+            nft_step(i)
         epoch_times.append(time.perf_counter() - start)
     ratio = statistics.median(e / t for e, t in zip(eval_times, epoch_times, strict=True))
     return {"eval_pass_s": statistics.median(eval_times), "nft_epoch_s": statistics.median(epoch_times),
             "ratio": ratio, "samples": samples, "repetitions": reps}  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Time every option and write ``results/bound_options_cost.{json,md}``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-    settings = QUICK if args.quick else FULL
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    info = machine_info([str(Path(__file__)), *(sys.argv[1:] if argv is None else argv)])
-    rows = {name: bench_option(name, spec, settings) for name, spec in OPTIONS.items()}
-    selection = bench_selection_pass(2048 if args.quick else EPOCH_SAMPLES, 1 if args.quick else 3)
-    eval_ratio = rows["CEAG, eval-mode estimates"].ratio
-    payload = {"machine": info, "quick": args.quick, "options": {n: OPTIONS[n] for n in rows},
-               "steps": {n: asdict(c) for n, c in rows.items()}, "selection_pass": selection,
-               "eval_estimate_target": TARGET_EVAL_ESTIMATE,
-               "eval_estimate_meets_target": eval_ratio <= TARGET_EVAL_ESTIMATE}  # fmt: skip
+def markdown_report(info: dict[str, Any], payload: dict[str, Any], rows: dict[str, Comparison]) -> str:
+    """The whole ``bound_options_cost.md``."""
+    selection, eval_ratio = payload["selection_pass"], rows["CEAG, eval-mode estimates"].ratio
+    title = "Cost of issue #13's options per training step (vs NFT, side by side)"
     lines = [
-        "# Cost of issue #13's options per training step (vs NFT, side by side)",
-        "",
-        f"`{info['command']}` on {info['cpu_model']} ({info['torch_num_threads']} threads), torch {info['torch']}, "
-        f"commit {info['git_commit']}{' (quick settings)' if args.quick else ''}. SmallCNN, batch 128, 3x32x32, "
-        f"{NUM_GROUPS} groups, k = 40. Ratio: median of paired step-time ratios (95% bootstrap interval).",
+        *harness.report_header(title, "bound_options_cost.py", info),
+        f"SmallCNN, batch {BATCH_SIZE}, 3x32x32, {NUM_GROUPS} groups, k = {BUFFER_SIZE}. "
+        f"{harness.budget_text(info['settings'], 'steps', 'option')}",
         "",
         "| option | NFT step (ms) | option step (ms) | ratio | 95% interval | pairs |",
         "|---|---:|---:|---:|---|---:|",
@@ -156,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name, c in rows.items():
         lines.append(
             f"| {name} | {1e3 * c.baseline_median_s:.1f} | {1e3 * c.candidate_median_s:.1f} | {c.ratio:.3f}× "
-            f"| [{c.ratio_ci95[0]:.3f}, {c.ratio_ci95[1]:.3f}] | {c.repetitions} |"
+            f"| {harness.format_ci(c.ratio_ci95, 3)} | {c.repetitions} |"
         )
     verdict = "meets" if payload["eval_estimate_meets_target"] else "misses"
     lines += [
@@ -167,10 +133,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{selection['eval_pass_s']:.2f} s, {100 * selection['ratio']:.1f}% of an NFT epoch over them "
         f"({selection['nft_epoch_s']:.1f} s), once per epoch.",
     ]
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "bound_options_cost.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (args.output / "bound_options_cost.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Time every option and write ``results/bound_options_cost.{json,md}``."""
+    parser = harness.timing_parser(__doc__, "bound_options_cost", "fewer repetitions (~30 s)")
+    run = harness.begin_run(__file__, parser, argv, harness.STEP_QUICK, harness.STEP_FULL)
+    args, budget, info = run.args, run.settings, run.info
+    rows = {name: bench_option(name, spec, budget) for name, spec in OPTIONS.items()}
+    selection = bench_selection_pass(2048 if args.quick else EPOCH_SAMPLES, 1 if args.quick else 3)
+    run.finish()
+    eval_ratio = rows["CEAG, eval-mode estimates"].ratio
+    payload = {"machine": info, "quick": args.quick, "options": {n: OPTIONS[n] for n in rows},
+               "steps": {n: asdict(c) for n, c in rows.items()}, "selection_pass": selection,
+               "eval_estimate_target": TARGET_EVAL_ESTIMATE,
+               "eval_estimate_meets_target": eval_ratio <= TARGET_EVAL_ESTIMATE}  # fmt: skip
+    markdown = markdown_report(info, payload, rows)
+    print(markdown)
+    run.write("bound_options_cost", payload, markdown, indent=1)
     return payload
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_grid import RESULTS_DIR, short_name
 
-from ceag_cooper.pipeline import METHODS
+from ceag_cooper.experiments import METHODS
 
 SPLITS = ("train", "test")
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"

@@ -1,7 +1,7 @@
 """Cost of pruning: masked fine-tuning steps, and inference with channels removed.
 
-Every comparison is timed side by side in one run, as in ``benchmarks/overhead.py`` (whose timing
-helpers are imported): after a warm-up the two variants are timed back to back in pairs,
+Every comparison is timed side by side in one run, with the paired timing of ``benchmarks/_harness.py``
+(shared with ``overhead.py``): after a warm-up the two variants are timed back to back in pairs,
 alternating which goes first (A B, B A, ...); a ratio is the median of the per-pair ratios with a
 bootstrap 95% interval, and the ratio of the two medians is a cross-check. Targets are checked on
 the paired median.
@@ -38,19 +38,14 @@ information) and ``benchmarks/results/pruning.md`` (tables of ratios, the target
 
 Run from the repository root::
 
-    python benchmarks/pruning.py            # full run, 4 to 5 minutes on 2 cores
-    python benchmarks/pruning.py --quick    # smoke run, ~30 s, noisy numbers, writes no file
+    python benchmarks/pruning.py                          # full run, 4 to 5 minutes on 2 cores
+    python benchmarks/pruning.py --quick --output /tmp/p  # smoke run, ~30 s, noisy numbers
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
 import gc
-import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,29 +56,13 @@ from typing import Any
 import cooper
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import (
-    BUFFER_SIZE,
-    Batch,
-    Comparison,
-    compare,
-    cpu_model,
-    format_ci,
-    git_state,
-    interleaved,
-    make_batches,
-    reproduce_command,
-    roll_fn,
-    source_fingerprint,
-    synthetic_reference,
-    verdict,
-)
+import _harness as harness
+from _harness import BATCH_SIZE, BUFFER_SIZE, IMAGE_SHAPE, NUM_BATCHES, NUM_CLASSES, Batch, Budget, Comparison
 
-import ceag_cooper
 from ceag_cooper import CEAG, build_optimizer
 from ceag_cooper.models import SmallCNN, cifar_resnet
 from ceag_cooper.pruning import (
@@ -93,11 +72,6 @@ from ceag_cooper.pruning import (
     recalibrate_batchnorm,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-NUM_CLASSES = 5
-BATCH_SIZE = 128
-IMAGE_SHAPE = (3, 32, 32)
-NUM_BATCHES = 8  # distinct training batches cycled through by the step benchmarks
 CEAG_GROUPS = 100
 UNSTRUCTURED_SPARSITY = 0.9
 CHANNEL_SPARSITY = 0.5
@@ -111,52 +85,33 @@ STRUCTURED_MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
         "ceag_cooper.models.cifar_resnet(20, num_classes=5, width=16)",
         lambda: cifar_resnet(20, num_classes=NUM_CLASSES, width=16),
     ),
-    "SmallCNN": ("ceag_cooper.models.SmallCNN(num_classes=5)", lambda: SmallCNN(num_classes=NUM_CLASSES)),
+    "SmallCNN": (harness.STEP_MODEL, lambda: SmallCNN(num_classes=NUM_CLASSES)),
 }
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Repetitions and time budgets of each measurement.
+    """Repetitions and time budgets of each measurement (see :class:`_Budget`).
 
-    A measurement stops after ``max_reps`` interleaved pairs, or earlier once it has used its
-    budget and has at least ``min_reps`` pairs. Batch-1 inference is timed in blocks of
-    ``infer_block_calls_b1`` calls (a single call is too short to time well).
+    Batch-1 inference is timed in blocks of ``infer_block_calls_b1`` calls (a single call is too
+    short to time well); the masking work alone in rounds of ``mask_work_calls`` calls.
     """
 
-    step_warmup: int
-    step_min_reps: int
-    step_max_reps: int
-    step_budget_s: float
-    infer_warmup: int
-    infer_min_reps: int
-    infer_max_reps: int
-    infer_budget_s: float
+    step: Budget
+    infer: Budget
     infer_block_calls_b1: int
     mask_work_calls: int
 
 
 FULL = Settings(
-    step_warmup=5,
-    step_min_reps=30,
-    step_max_reps=400,
-    step_budget_s=55.0,
-    infer_warmup=3,
-    infer_min_reps=20,
-    infer_max_reps=300,
-    infer_budget_s=22.0,
+    step=harness.STEP_FULL,
+    infer=Budget(warmup=3, min_reps=20, max_reps=300, budget_s=22.0),
     infer_block_calls_b1=20,
     mask_work_calls=50,
 )
 QUICK = Settings(
-    step_warmup=2,
-    step_min_reps=6,
-    step_max_reps=20,
-    step_budget_s=3.0,
-    infer_warmup=1,
-    infer_min_reps=6,
-    infer_max_reps=20,
-    infer_budget_s=1.5,
+    step=harness.STEP_QUICK,
+    infer=Budget(warmup=1, min_reps=6, max_reps=20, budget_s=1.5),
     infer_block_calls_b1=5,
     mask_work_calls=20,
 )
@@ -284,29 +239,34 @@ def measure_mask_work(pruner: MagnitudePruner, calls: int) -> MaskWork:
     )
 
 
+def step_result(
+    label: str, dense: Callable[[int], None], masked: Callable[[int], None], pruner: MagnitudePruner, settings: Settings
+) -> StepResult:
+    """Time ``dense`` against ``masked`` steps, then the masking work alone, and check the masks held."""
+    return StepResult(
+        label=label,
+        comparison=harness.paired(("dense", "masked"), dense, masked, settings.step),
+        mask_work=measure_mask_work(pruner, settings.mask_work_calls),
+        pruned_weights_still_zero=masks_hold(pruner),
+    )
+
+
 def bench_sgd_step(settings: Settings) -> StepResult:
     """Dense SGD step vs masked SGD step (pruner attached), same initial weights and batches."""
     torch.manual_seed(0)
     base = SmallCNN(num_classes=NUM_CLASSES)
-    batches = make_batches(CEAG_GROUPS, NUM_BATCHES, torch.Generator().manual_seed(1))
+    batches = harness.make_batches(CEAG_GROUPS, NUM_BATCHES, torch.Generator().manual_seed(1))
     dense = copy.deepcopy(base)
     dense_opt = torch.optim.SGD(dense.parameters(), **SGD_KWARGS)
     masked, pruner = pruned_model(base)
     masked_opt = torch.optim.SGD(masked.parameters(), **SGD_KWARGS)
     pruner.attach(masked_opt)
-    dense_times, masked_times = interleaved(
+    return step_result(
+        "SGD step (forward + backward + step)",
         sgd_step_fn(dense, dense_opt, batches),
         sgd_step_fn(masked, masked_opt, batches),
-        warmup=settings.step_warmup,
-        min_reps=settings.step_min_reps,
-        max_reps=settings.step_max_reps,
-        budget_s=settings.step_budget_s,
-    )
-    return StepResult(
-        label="SGD step (forward + backward + step)",
-        comparison=compare(("dense", "masked"), dense_times, masked_times),
-        mask_work=measure_mask_work(pruner, settings.mask_work_calls),
-        pruned_weights_still_zero=masks_hold(pruner),
+        pruner,
+        settings,
     )
 
 
@@ -315,8 +275,8 @@ def bench_ceag_step(settings: Settings) -> StepResult:
     torch.manual_seed(0)
     base = SmallCNN(num_classes=NUM_CLASSES)
     generator = torch.Generator().manual_seed(2)
-    batches = make_batches(CEAG_GROUPS, NUM_BATCHES, generator)
-    reference = synthetic_reference(CEAG_GROUPS, generator)
+    batches = harness.make_batches(CEAG_GROUPS, NUM_BATCHES, generator)
+    reference = harness.synthetic_reference(CEAG_GROUPS, generator)
 
     def ceag_optimizer(model: nn.Module) -> tuple[cooper.optim.CooperOptimizer, torch.optim.Optimizer]:
         primal = torch.optim.SGD(model.parameters(), **SGD_KWARGS)
@@ -328,19 +288,12 @@ def bench_ceag_step(settings: Settings) -> StepResult:
     masked, pruner = pruned_model(base)
     masked_opt, masked_primal = ceag_optimizer(masked)
     pruner.attach(masked_primal)
-    dense_times, masked_times = interleaved(
-        roll_fn(dense_opt, dense, batches),
-        roll_fn(masked_opt, masked, batches),
-        warmup=settings.step_warmup,
-        min_reps=settings.step_min_reps,
-        max_reps=settings.step_max_reps,
-        budget_s=settings.step_budget_s,
-    )
-    return StepResult(
-        label=f"CEAG roll (G = {CEAG_GROUPS}, k = {BUFFER_SIZE})",
-        comparison=compare(("dense", "masked"), dense_times, masked_times),
-        mask_work=measure_mask_work(pruner, settings.mask_work_calls),
-        pruned_weights_still_zero=masks_hold(pruner),
+    return step_result(
+        f"CEAG roll (G = {CEAG_GROUPS}, k = {BUFFER_SIZE})",
+        harness.roll_fn(dense_opt, dense, batches),
+        harness.roll_fn(masked_opt, masked, batches),
+        pruner,
+        settings,
     )
 
 
@@ -394,15 +347,8 @@ def bench_structured(name: str, settings: Settings) -> StructuredResult:
     timings: dict[int, Comparison] = {}
     for b in INFERENCE_BATCHES:
         calls = settings.infer_block_calls_b1 if b == 1 else 1
-        dense_times, final_times = interleaved(
-            forward_fn(dense, inputs[b], calls),
-            forward_fn(finalized, inputs[b], calls),
-            warmup=settings.infer_warmup,
-            min_reps=settings.infer_min_reps,
-            max_reps=settings.infer_max_reps,
-            budget_s=settings.infer_budget_s,
-        )
-        timings[b] = compare(("dense", "finalized"), [t / calls for t in dense_times], [t / calls for t in final_times])
+        dense_fn, final_fn = forward_fn(dense, inputs[b], calls), forward_fn(finalized, inputs[b], calls)
+        timings[b] = harness.paired(("dense", "finalized"), dense_fn, final_fn, settings.infer, calls=calls)
     return StructuredResult(
         model=name,
         constructor=constructor,
@@ -417,37 +363,6 @@ def bench_structured(name: str, settings: Settings) -> StructuredResult:
 
 
 # --------------------------------------------------------------------------- reporting
-def machine_info(argv: Sequence[str]) -> dict[str, Any]:
-    """Versions, threads, CPU, load, code state and date of this run."""
-    return {
-        **git_state(),
-        "ceag_cooper_source_sha256_start": source_fingerprint(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": reproduce_command(argv),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_pruning": getattr(tp, "__version__", "unknown"),
-        "cooper": getattr(cooper, "__version__", "unknown"),
-        "ceag_cooper": ceag_cooper.__version__,
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "os_cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "load_average_start": load_average(),
-        "step_model": "ceag_cooper.models.SmallCNN(num_classes=5)",
-        "step_model_parameters": sum(p.numel() for p in SmallCNN(num_classes=NUM_CLASSES).parameters()),
-    }
-
-
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages (``None`` where the OS has none)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def step_table(steps: list[StepResult]) -> list[str]:
     """Markdown rows of the dense-vs-masked step comparisons."""
     rows = [
@@ -458,9 +373,9 @@ def step_table(steps: list[StepResult]) -> list[str]:
     for s in steps:
         c = s.comparison
         rows.append(
-            f"| {s.label} | {c.baseline_median_s * 1e3:.1f} | {c.candidate_median_s * 1e3:.1f} | {c.ratio:.3f} "
-            f"| {format_ci(c.ratio_ci95, 3)} | {c.ratio_of_medians:.3f} | {c.repetitions} | ≤ {STEP_TARGET:.2f} "
-            f"| {verdict(s.passes(), c.ratio_ci95, STEP_TARGET)} |"
+            f"| {s.label} | {c.baseline_median_s * 1e3:.1f} | {c.candidate_median_s * 1e3:.1f} "
+            f"| {harness.ratio_cells(c)} | {c.repetitions} | ≤ {STEP_TARGET:.2f} "
+            f"| {harness.verdict(s.passes(), c.ratio_ci95, STEP_TARGET)} |"
         )
     return rows
 
@@ -510,7 +425,7 @@ def inference_table(results: list[StructuredResult]) -> list[str]:
         for b, c in r.inference.items():
             rows.append(
                 f"| {r.model} | {b} | {c.baseline_median_s * 1e3:.2f} | {c.candidate_median_s * 1e3:.2f} "
-                f"| {c.ratio:.3f} | {format_ci(c.ratio_ci95, 3)} | {c.ratio_of_medians:.3f} | {1 / c.ratio:.2f}× "
+                f"| {harness.ratio_cells(c)} | {1 / c.ratio:.2f}× "
                 f"| {c.repetitions} |"
             )
     return rows
@@ -519,37 +434,9 @@ def inference_table(results: list[StructuredResult]) -> list[str]:
 def markdown_report(info: dict[str, Any], steps: list[StepResult], structured: list[StructuredResult]) -> str:
     """The whole ``pruning.md``."""
     settings = info["settings"]
-    dirty = ", ".join(f"`{f}`" for f in info["ceag_cooper_uncommitted_files"] or []) or "none"
     work = steps[0].mask_work
     lines = [
-        "# Cost of pruning",
-        "",
-        "Generated by `benchmarks/pruning.py` (its docstring says what is measured).",
-        "",
-        f"- date: {info['date']}, {info['mode']} run, {info['wall_time_s']} s",
-        f"- CPU: {info['cpu_model']} ({info['os_cpu_count']} logical CPUs); torch {info['torch']} with "
-        f"{info['torch_num_threads']} intra-op threads; torch-pruning {info['torch_pruning']}; "
-        f"cooper {info['cooper']}",
-        f"- load average (1, 5, 15 min) at start: {info['load_average_start']}, at end: {info['load_average_end']}",
-        f"- code: commit {info['git_commit']}; uncommitted `ceag_cooper` files: {dirty}",
-        *(
-            ["- **warning: the `ceag_cooper` sources changed during the run; the results may mix versions**"]
-            if info["ceag_cooper_source_sha256_end"] != info["ceag_cooper_source_sha256_start"]
-            else []
-        ),
-        "",
-        "Reproduce from the repository root:",
-        "",
-        "```bash",
-        info["command"],
-        "```",
-        "",
-        "Ratios are medians of per-pair ratios: the two variants are timed back to back, alternating "
-        "which goes first, so that drift of the machine cancels; the 95% interval is a bootstrap of "
-        "that median, and the ratio of the two medians is a cross-check. The target is checked on the "
-        "paired median; a result is flagged when its interval straddles the target. Absolute times "
-        "vary between runs on a shared machine: compare ratios.",
-        "",
+        *harness.report_header("Cost of pruning", "pruning.py", info),
         "## Masked fine-tuning step vs dense step",
         "",
         f"`{info['step_model']}` ({info['step_model_parameters']:,} parameters), batch {BATCH_SIZE} of "
@@ -560,9 +447,7 @@ def markdown_report(info: dict[str, Any], steps: list[StepResult], structured: l
         "to the (primal) optimizer: gradient hooks and re-masking after every step. The CEAG row "
         f"compares `optimizer.roll` of `CEAG` (G = {CEAG_GROUPS}, replay buffers k = {BUFFER_SIZE}, "
         "`build_optimizer`) on the dense vs the masked model; the issue's target is for the masked "
-        f"step, and is applied to both. {settings['step_warmup']} warm-up steps each, then up to "
-        f"{settings['step_max_reps']} pairs (at least {settings['step_min_reps']}, about "
-        f"{settings['step_budget_s']:.0f} s per row).",
+        f"step, and is applied to both. {harness.budget_text(settings['step'], 'steps', 'row')}",
         "",
         *step_table(steps),
         "",
@@ -585,8 +470,7 @@ def markdown_report(info: dict[str, Any], steps: list[StepResult], structured: l
         "",
         f"Inference: `eval()`, `torch.no_grad()`, dense vs finalized model, time per forward pass "
         f"(batch 1 timed in blocks of {settings['infer_block_calls_b1']} calls). "
-        f"{settings['infer_warmup']} warm-up blocks each, then up to {settings['infer_max_reps']} pairs "
-        f"(at least {settings['infer_min_reps']}, about {settings['infer_budget_s']:.0f} s per row).",
+        f"{harness.budget_text(settings['infer'], 'blocks', 'row')}",
         "",
         *inference_table(structured),
         "",
@@ -634,48 +518,25 @@ def structured_json(r: StructuredResult) -> dict[str, Any]:
     }
 
 
-def write_results(
-    out_dir: Path, info: dict[str, Any], steps: list[StepResult], structured: list[StructuredResult]
-) -> None:
-    """Write ``pruning.json`` and ``pruning.md`` under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
+def payload(info: dict[str, Any], steps: list[StepResult], structured: list[StructuredResult]) -> dict[str, Any]:
+    """The whole ``pruning.json``."""
+    return {
         "machine": info,
         "targets": {"masked_over_dense_step_max": STEP_TARGET},
         "step": {"sgd": step_json(steps[0]), "ceag": step_json(steps[1])},
         "structured": {r.model: structured_json(r) for r in structured},
     }
-    (out_dir / "pruning.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out_dir / "pruning.md").write_text(markdown_report(info, steps, structured))
 
 
 # --------------------------------------------------------------------------- main
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions (~30 s): a smoke test, numbers are noisy")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="where to write pruning.{json,md} (default: benchmarks/results for a full run; "
-        "a --quick run writes nothing unless --out is given, so it never replaces full results)",
-    )
-    parser.add_argument("--no-write", action="store_true", help="print only, write no file")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run both benchmarks, print the tables, write the results."""
-    argv = list(sys.argv if argv is None else argv)
-    args = parse_args(argv[1:])
-    settings = QUICK if args.quick else FULL
-    torch.set_num_threads(args.threads if args.threads is not None else torch.get_num_threads())
-    info = {**machine_info(argv), "mode": "quick" if args.quick else "full", "settings": asdict(settings)}
-    print(f"torch {info['torch']}, {info['torch_num_threads']} threads, {info['cpu_model']}")
-
-    start = time.perf_counter()
+    parser = harness.timing_parser(__doc__, "pruning", "few repetitions (~30 s)")
+    model_parameters = sum(p.numel() for p in SmallCNN(num_classes=NUM_CLASSES).parameters())
+    run = harness.begin_run(
+        __file__, parser, argv, QUICK, FULL, step_model=harness.STEP_MODEL, step_model_parameters=model_parameters
+    )
+    settings, info = run.settings, run.info
     steps = [bench_sgd_step(settings), bench_ceag_step(settings)]
     for s in steps:
         print(f"{s.label}: masked/dense = {s.comparison.ratio:.3f} ({s.comparison.repetitions} pairs)", flush=True)
@@ -688,17 +549,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         structured.append(result)
         ratios = ", ".join(f"batch {b}: {c.ratio:.3f}" for b, c in result.inference.items())
         print(f"{name}: finalized/dense params {result.params_ratio:.3f}, MACs {result.macs_ratio:.3f}; time {ratios}")
-    info["wall_time_s"] = round(time.perf_counter() - start, 1)
-    info["load_average_end"] = load_average()
-    info["ceag_cooper_source_sha256_end"] = source_fingerprint()
-    if info["ceag_cooper_source_sha256_end"] != info["ceag_cooper_source_sha256_start"]:
-        print("warning: ceag_cooper sources changed during the run; the results may mix versions")
+    run.finish()
 
     print_summary(steps, structured)
-    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS_DIR)
-    if out_dir is not None and not args.no_write:
-        write_results(out_dir, info, steps, structured)
-        print(f"\nwrote {out_dir / 'pruning.json'} and {out_dir / 'pruning.md'}")
+    result = payload(info, steps, structured)
+    run.write("pruning", result, markdown_report(info, steps, structured))
+    return result
 
 
 if __name__ == "__main__":

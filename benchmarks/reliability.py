@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import pickle
 import sys
 import tarfile
@@ -36,14 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import machine_info
+from _faults import flip_first_tensor_byte
+from _harness import RESULTS_DIR, arguments, machine_info, write_results
 
 import ceag_cooper as cc
 from ceag_cooper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ceag_cooper.cli import main as cli
 from ceag_cooper.data import load_cifar100, load_omniglot, load_utkface
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from ceag_cooper.experiments.cli import main as cli
 
 
 @dataclass
@@ -129,14 +127,7 @@ def _small_run() -> dict[str, Any]:
 
 def _flipped_checkpoint(tmp: Path) -> Any:
     path = save_checkpoint(tmp / "c.pt", **_small_run())
-    with zipfile.ZipFile(path) as archive:
-        info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
-    raw = bytearray(path.read_bytes())
-    header = info.header_offset
-    start = header + 30 + int.from_bytes(raw[header + 26 : header + 28], "little")
-    start += int.from_bytes(raw[header + 28 : header + 30], "little")
-    raw[start] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    flip_first_tensor_byte(path)
     return load_checkpoint(path, **_small_run())
 
 
@@ -272,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every case and write ``results/reliability.{json,md}``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
+    given = arguments(argv)
+    args = parser.parse_args(given)
     rows = []
     for case in CASES:
         with tempfile.TemporaryDirectory() as folder:
@@ -282,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "detail": detail, "ok": outcome == required})  # fmt: skip
     counts = {v: sum(r["verdict"] == v for r in rows) for v in
               ("clear error", "correct", "unclear error", "traceback", "silently wrong")}  # fmt: skip
-    info = machine_info([str(Path(__file__)), *(sys.argv[1:] if argv is None else argv)])
+    info = machine_info(__file__, given)
     payload = {"machine": {k: info[k] for k in ("git_commit", "date", "command", "torch")}, "rows": rows,
                "counts": counts, "distributed_cases_in_tests": DISTRIBUTED}  # fmt: skip
     lines = [
@@ -300,10 +292,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lines.append(f"| {row['area']} | {row['case']} | {row['required']} | {row['verdict']} | {detail} |")
     lines += ["", "Two-rank gloo cases (`tests/test_distributed.py`, run by `make test`):", ""]
     lines += [f"- {case}" for case in DISTRIBUTED]
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "reliability.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (args.output / "reliability.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_results(args.output, "reliability", payload, "\n".join(lines), indent=1)
     return payload
 
 

@@ -1,6 +1,6 @@
 """Run a grid of (task, sparsity, method, seed) cells and aggregate them into a table.
 
-Each cell is one :func:`ceag_cooper.pipeline.run_experiment`; dense checkpoints are shared by
+Each cell is one :func:`ceag_cooper.experiments.run_experiment`; dense checkpoints are shared by
 every cell with the same dense settings (one per task and seed), and a cell whose results JSON
 already exists is skipped and an interrupted cell continues from its last epoch checkpoint, so an
 interrupted grid resumes where it stopped. After every cell the
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ceag_cooper import NonFiniteError
-from ceag_cooper.pipeline import (
+from ceag_cooper.experiments import (
     LEGACY_PROTOCOL,
     METHODS,
     ExperimentConfig,

@@ -17,22 +17,18 @@ in eval mode, then the smallest mean validation max ψ) and take the first. ε i
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
 import statistics
 import sys
-import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_grid import GRIDS, RESULTS_DIR, RUNS_DIR
+from _selection import GRIDS as GRIDS  # the grids, for callers of this script (tests)
+from _selection import CellRunner, base_config, command, page, parser, scores, write
 
-from ceag_cooper.pipeline import ExperimentConfig, load_task, run_experiment
+from ceag_cooper.experiments import ExperimentConfig, load_task
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     "train estimates": {"constraint_estimate": "train"},
@@ -55,19 +51,13 @@ RULE = (
 )
 
 
-def _scores(result: dict[str, Any]) -> dict[str, float]:
-    held, fit = result["reports"]["test"]["overall"], result["reports"]["train"]["overall"]
-    return {"validation_accuracy": held["sparse_accuracy"], "validation_max_psi": held["max_psi"],
-            "fit_accuracy": fit["sparse_accuracy"], "fit_max_psi": fit["max_psi"]}  # fmt: skip
-
-
 def summarize(name: str, results: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     """Per-seed scores and their means for one candidate."""
-    scores = [_scores(r) for r in results]
-    row: dict[str, Any] = {"name": name, "seeds": [r["config"]["seed"] for r in results], "per_seed": scores}
-    for key in scores[0]:
-        row[key] = statistics.mean(s[key] for s in scores)
-    row["fit_feasible_seeds"] = sum(s["fit_max_psi"] <= tolerance for s in scores)
+    per_seed = [scores(r) for r in results]
+    row: dict[str, Any] = {"name": name, "seeds": [r["config"]["seed"] for r in results], "per_seed": per_seed}
+    for key in per_seed[0]:
+        row[key] = statistics.mean(s[key] for s in per_seed)
+    row["fit_feasible_seeds"] = sum(s["fit_max_psi"] <= tolerance for s in per_seed)
     row["final_iterates"] = [r.get("final_iterate", "last") for r in results]
     return row
 
@@ -86,71 +76,45 @@ def choose(rows: list[dict[str, Any]], nft_accuracy: float, slack: float) -> dic
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the candidates (finished ones are reused) and write ``select_protocol_<grid>.{json,md}``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", choices=sorted(GRIDS), required=True)
-    parser.add_argument("--sparsity", type=float, default=None, help="default: the grid's first")
-    parser.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
-    parser.add_argument("--accuracy-slack", type=float, default=0.01)
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args(argv)
-    grid = GRIDS[args.grid]
-    base = {**grid["base"], "validation": True, "sparsity": args.sparsity or grid["sparsities"][0]}
-    base["output_dir"] = str(RUNS_DIR / f"select_{args.grid}") if args.output == RESULTS_DIR else str(args.output)
-    if args.data_dir:
-        base["data_dir"] = args.data_dir
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "benchmarks/select_protocol.py", *given])
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
+    options.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    given, cmd = command("select_protocol.py", argv)
+    args = options.parse_args(given)
+    base = base_config(args)
     plan = {"NFT": {"method": "nft"}, **{name: {"method": "ceag", **CANDIDATES[name]} for name in args.candidates}}
-    task, results = None, {name: [] for name in plan}
+    run, results = CellRunner(load_task), {name: [] for name in plan}
     for seed in args.seeds:  # seeds outermost: one dense model per seed
         for name, overrides in plan.items():
             config = ExperimentConfig.from_dict({**base, **overrides, "seed": seed})
-            path = Path(config.output_dir) / "results" / f"{config.run_name()}.json"
-            if path.exists():
-                results[name].append(json.loads(path.read_text()))
-                continue
-            started = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                task = task or load_task(config)
-                results[name].append(run_experiment(config, task=task, progress=False, resume=True))
-            print(f"{name}, seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+            results[name].append(run(config, f"{name}, seed {seed}"))
     tolerance = results["NFT"][0]["config"]["tolerance"]
     nft = summarize("NFT", results.pop("NFT"), tolerance)
     rows = [summarize(name, runs, tolerance) for name, runs in results.items()]
     chosen = choose(rows, nft["validation_accuracy"], args.accuracy_slack)
-    payload = {"grid": args.grid, "command": command, "rule": RULE, "tolerance": tolerance,
+    payload = {"grid": args.grid, "command": cmd, "rule": RULE, "tolerance": tolerance,
                "settings": {k: base[k] for k in ("sparsity", "validation")}, "seeds": list(args.seeds),
                "candidates_overrides": {n: CANDIDATES[n] for n in args.candidates}, "nft": nft,
                "candidates": rows, "chosen": chosen["name"]}  # fmt: skip
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"select_protocol_{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    lines = [
-        f"# CEAG's fine-tuning options for grid `{args.grid}`, chosen on a held-out 20% of the training set",
-        "",
-        f"Sparsity {100 * base['sparsity']:g}%, seeds {', '.join(map(str, args.seeds))}, ε = {100 * tolerance:g} "
-        f"point(s); every run has the grid's schedule and returns its feasibility-first iterate. Rule, fixed "
-        f"before any run: {RULE} Means over seeds, accuracy points.",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+    table = [
         "| run | settings | validation acc | validation max ψ | fitted acc | fitted max ψ | fitted max ψ ≤ ε |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in [nft, *rows]:
         mark = " **(chosen)**" if row is chosen else ""
         settings = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(row["name"], {}).items()) or "–"
-        lines.append(
+        table.append(
             f"| {row['name']}{mark} | {settings} | {100 * row['validation_accuracy']:.2f} "
             f"| {100 * row['validation_max_psi']:.2f} | {100 * row['fit_accuracy']:.2f} "
             f"| {100 * row['fit_max_psi']:.2f} | {row['fit_feasible_seeds']}/{len(row['seeds'])} |"
         )
-    (args.output / f"select_protocol_{args.grid}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    title = f"CEAG's fine-tuning options for grid `{args.grid}`, chosen on a held-out 20% of the training set"
+    intro = (
+        f"Sparsity {100 * base['sparsity']:g}%, seeds {', '.join(map(str, args.seeds))}, ε = {100 * tolerance:g} "
+        f"point(s); every run has the grid's schedule and returns its feasibility-first iterate. Rule, fixed "
+        f"before any run: {RULE} Means over seeds, accuracy points."
+    )
+    write(args.output, f"select_protocol_{args.grid}", payload, page(title, intro, cmd, table))
     return payload
 
 

@@ -79,7 +79,7 @@ def test_committed_cells_keep_their_names():
     A cell saved before a field existed ran with that field's legacy value (``LEGACY_PROTOCOL``);
     a cell saved after has the field in its config.
     """
-    from ceag_cooper.pipeline import LEGACY_PROTOCOL, ExperimentConfig
+    from ceag_cooper.experiments import LEGACY_PROTOCOL, ExperimentConfig
 
     paths = sorted((RUNNER.parent / "runs").glob("*/results/*.json"))
     assert paths, "no committed cells found"
@@ -90,7 +90,7 @@ def test_committed_cells_keep_their_names():
 
 def test_new_protocol_fields_change_the_run_name():
     """Negative control: a field away from its legacy value must give a new name (a new cell)."""
-    from ceag_cooper.pipeline import LEGACY_PROTOCOL, ExperimentConfig
+    from ceag_cooper.experiments import LEGACY_PROTOCOL, ExperimentConfig
 
     legacy = ExperimentConfig.from_dict(dict(LEGACY_PROTOCOL))
     for key, value in {"margin": 0.005, "constraint_estimate": "eval", "final_iterate": "feasible_best",
@@ -110,7 +110,7 @@ def test_selection_rule_on_hand_made_candidates():
 
 
 def test_quick_selection_never_reads_the_test_split(tmp_path, monkeypatch):
-    import ceag_cooper.pipeline as pipeline
+    import ceag_cooper.experiments as pipeline
 
     select = load_selector()
     loaded = []
@@ -237,7 +237,7 @@ def test_protocol_selection_rule_on_hand_made_candidates():
 
 
 def test_quick_protocol_selection_never_reads_the_test_split(tmp_path, monkeypatch):
-    import ceag_cooper.pipeline as pipeline
+    import ceag_cooper.experiments as pipeline
 
     select = load_module("select_protocol")
     loaded = []
@@ -296,3 +296,18 @@ def test_only_filters_order_a_grid_and_the_rest_reuses_their_cells(tmp_path, cap
     assert sorted(r["config"]["method"] for r in everything) == ["ceag", "ceag", "nft", "nft"]
     again = runner.main([*args, "--only-methods", "el"])  # nothing new to run: all reused
     assert [r["reports"] for r in again] == [r["reports"] for r in everything]
+
+
+def test_overhead_quick_writes_one_backend_and_its_step_rows(tmp_path):
+    """The timing scripts share `_harness`; a quick overhead run writes its tables where --output says."""
+    overhead = load_module("overhead")
+    args = ["--quick", "--groups", "2", "--bookkeeping-groups", "2", "--output", str(tmp_path)]
+    payload = overhead.main(args)
+    assert list(payload["step"]) == ["2"]
+    assert list(payload["bookkeeping"]) == ["2"]
+    assert payload["machine"]["command"] == "python benchmarks/overhead.py " + " ".join(args)
+    page = (tmp_path / "overhead.md").read_text()
+    assert "ours, native" not in page  # the retired C++ backend has no column any more
+    assert "Bookkeeping: vectorized torch operators" in page
+    assert {10_000, 100_000} <= set(overhead.GROUP_COUNTS)
+    assert overhead.STEP_TARGETS[10_000] == overhead.STEP_TARGETS[100_000] == 1.05

@@ -152,6 +152,18 @@ def test_stale_temporary_files_are_removed_and_fresh_ones_kept(tmp_path):
     assert fresh.exists()
 
 
+def load_faults():
+    """``benchmarks/_faults.py``, the fault injection shared with ``benchmarks/reliability.py``."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_faults.py"
+    spec = importlib.util.spec_from_file_location("_faults", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_flipped_bytes_and_missing_pruner_are_refused(tmp_path):
     """Regression (issue #16 item 9): a flipped byte loaded silently; masks were dropped without pruner=."""
     from ceag_cooper.pruning import GradualSchedule, MagnitudePruner
@@ -166,16 +178,7 @@ def test_flipped_bytes_and_missing_pruner_are_refused(tmp_path):
     other = MagnitudePruner(fresh["model"], schedule=GradualSchedule(0.5, num_updates=1), prune_last_linear=True)
     with pytest.raises(CheckpointError, match="saved without a pruner"):
         load_checkpoint(plain, **fresh, pruner=other)
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:  # where the first tensor's stored bytes begin
-        info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
-    raw = bytearray(path.read_bytes())
-    header = info.header_offset
-    start = header + 30 + int.from_bytes(raw[header + 26 : header + 28], "little")
-    start += int.from_bytes(raw[header + 28 : header + 30], "little")
-    raw[start] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    load_faults().flip_first_tensor_byte(path)
     with pytest.raises(CheckpointError, match="fails its checksum"):
         load_checkpoint(path, **small_run(), pruner=pruner)
 
