@@ -3,7 +3,8 @@
     acc_sparse(g) >= acc_dense(g) - delta      i.e.      Delta_g - delta <= 0
 
 Unlike CEAG's *excess* gap, this bounds each group's own drop, whatever the overall drop is.
-The subclass reuses CEAG's reference and replay buffers and only says what its violations are.
+It is written against the base class only: it registers its own replay buffers (which are then
+saved, moved and broadcast with the problem) and says what its violations are.
 
     python examples/custom_constraint.py [--delta 0.05] [--epochs 15]
 """
@@ -17,22 +18,35 @@ from quickstart_loop import magnitude_masks, make_model
 
 import ceag_cooper as cc
 from ceag_cooper.data import make_group_imbalanced_task
+from ceag_cooper.problems import GroupFairnessProblem, ReplayBufferStore
 
 
-class AccuracyFloor(cc.CEAG):
-    """Each group may lose at most ``tolerance`` accuracy relative to the dense model."""
+class AccuracyFloor(GroupFairnessProblem):
+    """Each group may lose at most ``delta`` accuracy relative to the dense model."""
+
+    requires_reference = True
+
+    def __init__(self, *, reference: cc.GroupMetrics, delta: float = 0.05, buffer_size: int = 40, **options) -> None:
+        super().__init__(reference=reference, **options)
+        self.delta, self.buffer_size = delta, buffer_size
+        store = ReplayBufferStore(self.num_groups, buffer_size, device=self.device)
+        self.buffers = self.register_state("buffers", store)
+
+    def update_estimates(self, stats: cc.BatchStatistics) -> None:
+        # Every sample's 0/1 accuracy goes to its group's buffer (the base calls this once per batch).
+        self.buffers.update(stats.group_ids, stats.per_sample_correct)
 
     def proxy_violations(self, stats: cc.BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         # Differentiable: the group's loss increase over its dense loss.
-        return (stats.group_loss - self.reference.group_loss) - self.tolerance, stats.present
+        return (stats.group_loss - self.reference.group_loss) - self.delta, stats.present
 
     def strict_violations(self, stats: cc.BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
-        # The true accuracy drop, from the replay buffers (full groups only) or the batch.
-        if self.buffers is None:
-            accuracy, observed = stats.group_accuracy, stats.present
-        else:
-            accuracy, observed = self.buffers.means(), self.buffers.is_full()
-        return (self.reference.group_accuracy - accuracy) - self.tolerance, observed
+        # The true accuracy drop, from the replay buffers (full groups only).
+        accuracy, observed = self.buffers.query()
+        return (self.reference.group_accuracy - accuracy) - self.delta, observed
+
+    def config(self) -> dict:
+        return {**super().config(), "delta": self.delta, "buffer_size": self.buffer_size}
 
 
 def main(argv: list[str] | None = None) -> cc.DisparityReport:
@@ -56,7 +70,7 @@ def main(argv: list[str] | None = None) -> cc.DisparityReport:
 
     masks = magnitude_masks(model, 0.85)
     params = dict(model.named_parameters())
-    problem = AccuracyFloor(reference=reference, tolerance=args.delta, buffer_size=40)
+    problem = AccuracyFloor(reference=reference, delta=args.delta, buffer_size=40)
     cooper_optimizer = cc.build_optimizer(
         problem, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), dual_lr=0.05
     )

@@ -36,6 +36,31 @@ def test_custom_constraint_example_runs(capsys):
     assert "largest per-group drop" in capsys.readouterr().out
 
 
+def test_the_custom_constraint_needs_only_the_base_class_and_its_state_round_trips():
+    import torch
+
+    import ceag_cooper as cc
+
+    module = load("custom_constraint")
+    assert module.AccuracyFloor.__mro__[1] is cc.GroupFairnessProblem  # not a CEAG subclass
+    reference = cc.GroupMetrics(torch.tensor([0.9, 0.6]), torch.tensor([0.3, 0.9]), torch.tensor([5.0, 5.0]),
+                                torch.tensor(0.75), torch.tensor(0.6), torch.tensor(10.0))  # fmt: skip
+    floor = module.AccuracyFloor(reference=reference, delta=0.05, buffer_size=2, start_step=0)
+    logits, targets, ids = (
+        torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]),
+        torch.tensor([0, 0, 0]),
+        torch.tensor([0, 0, 1]),
+    )
+    state = floor.compute_cmp_state(logits=logits, targets=targets, group_ids=ids)
+    # group 0's buffer is full with accuracies [1, 0]: drop 0.9 - 0.5 - 0.05; group 1 not yet observed
+    assert state.misc["strict_violation"].tolist() == pytest.approx([0.35, 0.0])
+    copy = module.AccuracyFloor(reference=reference, delta=0.05, buffer_size=2, start_step=0)
+    copy.load_state_dict(floor.state_dict())
+    assert copy.buffers.contents(0) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="config"):
+        module.AccuracyFloor(reference=reference, delta=0.1, buffer_size=2).load_state_dict(floor.state_dict())
+
+
 def test_gmp_then_ceag_keeps_masks_and_switches_mitigation_on_after_pruning(capsys):
     module = load("prune_and_mitigate")
     _, pruner, problem = module.main(
