@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 __all__ = ["recalibrate_batchnorm"]
 
@@ -19,7 +21,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batch
     (they average over past batches, computed with past weights), so a model evaluated in
     ``eval()`` mode can be much worse than in training, unevenly across groups. This resets
     the statistics and averages them (equal weight per batch) over ``batches`` in training
-    mode, without changing any weight. Momentum and train/eval mode are restored afterwards.
+    mode, without changing any weight: :func:`torch.optim.swa_utils.update_bn` does the work.
+    Momentum and train/eval mode are restored afterwards, also when a batch raises.
 
     Args:
         model: the model.
@@ -42,16 +45,9 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batch
         return 0
     momenta = [layer.momentum for layer in layers]
     was_training = model.training
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the batches seen
-    model.train()
     try:
-        for count, batch in enumerate(batches):
-            if max_batches is not None and count >= max_batches:
-                break
-            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-    finally:
+        update_bn(itertools.islice(batches, max_batches), model)
+    finally:  # update_bn restores them when it returns; this covers an exception too
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
         model.train(was_training)
