@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +100,36 @@ def test_report_round_trips_and_speaks_fairlearn(tmp_path):
     assert report.difference() == pytest.approx(by_group.max() - by_group.min())
     with pytest.raises(ValueError, match="not a DisparityReport dict"):
         DisparityReport.from_dict({"overall": {}})
+
+
+def _png_size(path):
+    import struct
+
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])  # the IHDR chunk
+    return width, height
+
+
+def test_many_group_figures_show_the_largest_psi_sorted_and_stay_readable(tmp_path):
+    """Issue #15 item 4: at 242 groups the old strip was 30 inches wide; now the top-k, horizontal."""
+    from ceag_cooper.metrics import plot_comparison
+    from ceag_cooper.metrics.plots import shown_groups
+
+    rng = np.random.default_rng(0)
+    groups = 242
+    sparse = rng.uniform(0.5, 0.9, groups)
+    report = DisparityReport([f"character {i}" for i in range(groups)], np.full(groups, 0.9), sparse,
+                             np.full(groups, 15), 0.9, float(sparse.mean()), tolerance=0.02)  # fmt: skip
+    shown = shown_groups(report.psi, top=30)
+    assert shown.tolist() == np.argsort(-report.psi)[:30].tolist()  # the 30 largest, largest first
+    width, height = _png_size(report.plot(tmp_path / "many.png"))
+    assert width == 960
+    assert 1000 < height < 1400
+    small = DisparityReport(["a", "b"], [0.9, 0.8], [0.8, 0.7], [5, 5], 0.85, 0.75, tolerance=0.01)
+    assert shown_groups(small.psi, top=30).tolist() == [0, 1]  # few groups: all, in their order
+    other = DisparityReport(report.group_names, report.dense_accuracy, np.clip(sparse + 0.05, 0, 1),
+                            report.count, 0.9, float(sparse.mean()) + 0.05, tolerance=0.02)  # fmt: skip
+    width, height = _png_size(plot_comparison({"NFT": report, "CEAG": other}, tmp_path / "cmp.png"))
+    assert width == 960
+    assert height < 2200
+    with pytest.raises(ValueError, match="top"):
+        shown_groups(report.psi, top=0)

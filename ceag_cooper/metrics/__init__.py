@@ -3,7 +3,8 @@
 Layers, bottom up: :mod:`~ceag_cooper.metrics.functional` (differentiable reductions of one
 batch), :mod:`~ceag_cooper.metrics.group_metrics` (per-group accuracy and loss of a model on a
 data set, and their streaming accumulator), :mod:`~ceag_cooper.metrics.evaluation` (a model over a
-loader), :mod:`~ceag_cooper.metrics.report` (dense vs sparse: the paper's ψ_g and Ψ_PW).
+loader), :mod:`~ceag_cooper.metrics.report` (dense vs sparse: the paper's ψ_g and Ψ_PW) and
+:mod:`~ceag_cooper.metrics.plots` (its figures, readable at hundreds of groups).
 """
 
 from ceag_cooper.metrics.evaluation import call_model, evaluate_groups, model_logits, move_to
@@ -17,7 +18,8 @@ from ceag_cooper.metrics.functional import (
     weighted_overall,
 )
 from ceag_cooper.metrics.group_metrics import GroupMetrics, GroupMetricsAccumulator
-from ceag_cooper.metrics.report import DisparityReport, plot_comparison
+from ceag_cooper.metrics.plots import plot_comparison, plot_report
+from ceag_cooper.metrics.report import DisparityReport
 
 __all__ = [
     "DisparityReport",
@@ -34,5 +36,6 @@ __all__ = [
     "move_to",
     "per_sample_loss_and_correct",
     "plot_comparison",
+    "plot_report",
     "weighted_overall",
 ]

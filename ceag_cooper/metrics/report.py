@@ -13,18 +13,7 @@ import numpy as np
 
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 
-__all__ = ["DisparityReport", "plot_comparison"]
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'ceag-cooper[plot]'.") from error
-    return plt
+__all__ = ["DisparityReport"]
 
 
 def _as_array(values: Any) -> np.ndarray:
@@ -284,80 +273,12 @@ class DisparityReport:
             lines.append(f"Groups never feasible during training: {names}.")
         return "\n".join(lines)
 
-    def plot(self, path: str | Path, *, title: str | None = None) -> Path:
-        """Save a two-panel PNG: ψ_g per group (with ε), and dense vs sparse accuracy.
+    def plot(self, path: str | Path, *, title: str | None = None, top: int = 30) -> Path:
+        """Save a PNG of ψ_g per group (with ε) and dense vs sparse accuracy; see :func:`plot_report`.
 
+        Above ``top`` groups, only the ``top`` largest ψ_g are drawn, sorted, as horizontal bars.
         Needs the ``plot`` extra (matplotlib).
         """
-        plt = _pyplot()
-        x = np.arange(len(self.group_names))
-        width = max(6.0, 0.45 * len(self.group_names) + 2)
-        fig, (ax_psi, ax_acc) = plt.subplots(2, 1, figsize=(min(width, 30), 7), sharex=True)
-        psi = 100 * self.psi
-        colors = ["tab:red" if self.tolerance is not None and p > 100 * self.tolerance else "tab:blue" for p in psi]
-        ax_psi.bar(x, np.nan_to_num(psi), color=colors)
-        ax_psi.axhline(0, color="black", linewidth=0.8)
-        if self.tolerance is not None:
-            ax_psi.axhline(100 * self.tolerance, color="tab:red", linestyle="--", label=f"ε = {100 * self.tolerance:g}")
-            ax_psi.legend(loc="best")
-        ax_psi.set_ylabel("ψ_g (accuracy points)")
-        ax_psi.set_title(title or f"max ψ = {100 * self.max_psi:.2f}, Ψ_PW = {100 * self.psi_pw:.2f} points")
-        ax_acc.bar(x - 0.2, 100 * self.dense_accuracy, width=0.4, label="dense", color="tab:gray")
-        ax_acc.bar(x + 0.2, 100 * self.sparse_accuracy, width=0.4, label="sparse", color="tab:green")
-        low = float(np.nanmin(np.concatenate([self.dense_accuracy, self.sparse_accuracy])))
-        ax_acc.set_ylim(max(0.0, 100 * low - 5), 100.5)
-        ax_acc.set_ylabel("accuracy (%)")
-        ax_acc.legend(loc="lower right")
-        ax_acc.set_xticks(x)
-        ax_acc.set_xticklabels(
-            self.group_names, rotation=45 if len(x) > 4 else 0, ha="right" if len(x) > 4 else "center"
-        )
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        from ceag_cooper.metrics.plots import plot_report  # matplotlib only when plotting
 
-
-def plot_comparison(reports: dict[str, DisparityReport], path: str | Path, *, title: str | None = None) -> Path:
-    """Save one PNG with the ψ_g bars of several methods side by side (e.g. NFT vs CEAG).
-
-    Args:
-        reports: method name -> report, all over the same groups.
-        path: where the PNG goes.
-        title: figure title (default: each method's max ψ).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> a = DisparityReport(["x", "y"], [0.9, 0.8], [0.8, 0.6], [5, 5], 0.85, 0.7, tolerance=0.01)
-        >>> b = DisparityReport(["x", "y"], [0.9, 0.8], [0.8, 0.7], [5, 5], 0.85, 0.75, tolerance=0.01)
-        >>> out = plot_comparison({"NFT": a, "CEAG": b}, pathlib.Path(tempfile.mkdtemp()) / "c.png")
-        >>> out.exists()
-        True
-    """
-    if not reports:
-        raise ValueError("`reports` is empty: give at least one method's DisparityReport.")
-    first = next(iter(reports.values()))
-    for name, report in reports.items():
-        if report.group_names != first.group_names:
-            raise ValueError(f"report {name!r} has other groups than the first report; compare like with like.")
-    plt = _pyplot()
-    x = np.arange(len(first.group_names))
-    width = 0.8 / len(reports)
-    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.5 * len(x) * len(reports) + 2), 30), 4.5))
-    for i, (name, report) in enumerate(reports.items()):
-        label = f"{name} (max ψ {100 * report.max_psi:.1f})"
-        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(100 * report.psi), width=width, label=label)
-    if first.tolerance is not None:
-        ax.axhline(100 * first.tolerance, color="tab:red", linestyle="--", label=f"ε = {100 * first.tolerance:g}")
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("ψ_g (accuracy points)")
-    ax.set_xticks(x)
-    ax.set_xticklabels(first.group_names, rotation=45 if len(x) > 4 else 0, ha="right" if len(x) > 4 else "center")
-    ax.set_title(title or "excess accuracy gap per group")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        return plot_report(self, path, title=title, top=top)
