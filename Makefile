@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch (local wheel on these machines); a plain `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install lint format bench clean
+.PHONY: demo test install lint format bench docs clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,5 +33,15 @@ format: install
 bench: install
 	$(PY) benchmarks/overhead.py
 
+# The API reference from the docstrings plus the pages in docs/ (Sphinx + MyST): docs/_build/html/index.html.
+# -W: any warning fails the build; -E: every page is read again, so every warning shows each time.
+# autodoc imports the package and runs none of its code: no data set is read.
+$(VENV)/.docs-installed: $(VENV)/.installed setup.cfg
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(PY) -m sphinx -W --keep-going -E -q -b html -d docs/_build/doctrees docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build

@@ -75,7 +75,7 @@ class ExperimentConfig:
     train max ψ ≤ ε among the epoch ends at final sparsity (eval mode, the constraint data), else
     the least infeasible one. Unconstrained methods always return the last (NFT+ES: best test)."""
     el_form: str = "signed"
-    """Equalized loss: ``"signed"`` (L_g - L = 0) or ``"paper"`` (the official code's |L_g - L| = 0)."""
+    """Equalized loss: ``"signed"`` (``L_g - L = 0``) or ``"paper"`` (the official code's ``|L_g - L| = 0``)."""
     mitigate_during_pruning: bool = False
     subset: int | None = None
     data_dir: str | None = None
