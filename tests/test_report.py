@@ -20,9 +20,28 @@ def test_max_psi_pairwise_and_feasibility_by_hand():
     assert report.is_feasible(0.0501)
     assert not report.is_feasible(0.049)
     assert DisparityReport(["a"], [0.9], [0.9], [1], 0.9, 0.9, tolerance=0.0).feasible is True
+    # SE with Laplace smoothing: p = (20 * 0.8 + 1) / 22 = 17 / 22, sqrt(p (1 - p) / 20)
+    se_b = ((17 / 22) * (5 / 22) / 20) ** 0.5
     assert report.by_group["b"] == pytest.approx(
-        {"dense_accuracy": 0.8, "sparse_accuracy": 0.7, "gap": 0.1, "psi": 0.05, "count": 20.0}
+        {"dense_accuracy": 0.8, "sparse_accuracy": 0.7, "gap": 0.1, "psi": 0.05, "count": 20.0, "standard_error": se_b}
     )
+    assert "resolvable" not in report.by_group["b"]  # no tolerance: nothing to resolve against
+
+
+def test_resolvability_and_max_psi_over_large_groups():
+    """Issue #15 item 3: say which groups' psi the split can resolve at epsilon; judge the large ones."""
+    # Group sizes 5, 400, 10000 at dense accuracy 0.5: SE = 0.5 / sqrt(n) roughly (Laplace barely moves 0.5).
+    report = DisparityReport(["tiny", "mid", "big"], [0.5, 0.5, 0.5], [0.3, 0.45, 0.5], [5, 400, 10000], 0.5, 0.49,
+                             tolerance=0.01)  # fmt: skip
+    np.testing.assert_allclose(report.standard_error, 0.5 / np.sqrt([5, 400, 10000]), rtol=1e-12)
+    assert report.resolvable.tolist() == [False, False, True]  # 0.5 / sqrt(400) = 0.025 > 0.01
+    assert report.max_psi == pytest.approx(0.19)  # the tiny group
+    assert report.max_psi_among(min_count=100) == pytest.approx(0.04)
+    assert math.isnan(report.max_psi_among(min_count=10**6))
+    table = report.to_markdown()
+    assert "| tiny | 5 |" in table
+    assert table.splitlines()[2].endswith(" no |")
+    assert DisparityReport.from_dict(report.to_dict()).resolvable.tolist() == [False, False, True]
 
 
 def test_never_feasible_groups_are_reported():

@@ -145,9 +145,46 @@ class DisparityReport:
         return bool(self.max_psi <= tolerance)
 
     @property
-    def by_group(self) -> dict[str, dict[str, float]]:
-        """Per-group rows (fairlearn-style): dense/sparse accuracy, gap, psi, count."""
+    def standard_error(self) -> np.ndarray:
+        r"""``(G,)`` binomial standard error of each group's accuracy at its size in this split.
+
+        :math:`SE_g = \sqrt{\tilde p_g (1 - \tilde p_g) / n_g}` with the dense accuracy smoothed
+        by Laplace's rule, :math:`\tilde p_g = (n_g p_g + 1) / (n_g + 2)`, so that a group whose
+        dense accuracy is 0 or 1 does not look exact (nan for groups absent from the split). A
+        difference of ψ_g smaller than this is not something the split can tell apart from noise.
+
+        Example:
+            >>> r = DisparityReport(["big", "small"], [0.9, 1.0], [0.9, 1.0], [10000, 8], 0.9, 0.9, tolerance=0.01)
+            >>> [round(float(se), 4) for se in r.standard_error], r.resolvable.tolist()
+            ([0.003, 0.1061], [True, False])
+        """
+        n = np.where(self.count > 0, self.count, np.nan)
+        smoothed = (n * self.dense_accuracy + 1.0) / (n + 2.0)
+        return np.sqrt(smoothed * (1.0 - smoothed) / n)
+
+    @property
+    def resolvable(self) -> np.ndarray | None:
+        r"""``(G,)`` bool: whether a group's ψ_g can be judged against ε at its size: :math:`SE_g \le \epsilon`.
+
+        ``None`` when the report has no tolerance. Groups absent from the split are not resolvable.
+        """
+        if self.tolerance is None:
+            return None
+        return np.nan_to_num(self.standard_error, nan=np.inf) <= self.tolerance
+
+    def max_psi_among(self, *, min_count: int) -> float:
+        r""":math:`\max_g \psi_g` over the groups with at least ``min_count`` samples in the split (nan if none)."""
+        keep = self.count >= max(1, min_count)
+        return float(np.nanmax(self.psi[keep])) if np.any(keep) else math.nan
+
+    @property
+    def by_group(self) -> dict[str, dict[str, Any]]:
+        """Per-group rows (fairlearn-style): accuracies, gap, psi, count, standard error, resolvable.
+
+        ``resolvable`` (see :attr:`resolvable`) only when the report has a tolerance.
+        """
         rows = {}
+        standard_error, resolvable = self.standard_error, self.resolvable
         for g, name in enumerate(self.group_names):
             rows[name] = {
                 "dense_accuracy": float(self.dense_accuracy[g]),
@@ -155,7 +192,10 @@ class DisparityReport:
                 "gap": float(self.group_gap[g]),
                 "psi": float(self.psi[g]),
                 "count": float(self.count[g]),
+                "standard_error": float(standard_error[g]),
             }
+            if resolvable is not None:
+                rows[name]["resolvable"] = bool(resolvable[g])
         return rows
 
     @property
@@ -251,16 +291,18 @@ class DisparityReport:
     def to_markdown(self, *, title: str | None = None) -> str:
         """A markdown table (percentages), one row per group, then the overall numbers."""
         lines = [f"### {title}", ""] if title else []
+        judged = self.tolerance is not None
         lines += [
-            "| group | n | dense acc | sparse acc | Δ_g | ψ_g |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| group | n | dense acc | sparse acc | Δ_g | ψ_g | SE |" + (" resolvable at ε |" if judged else ""),
+            "|---|---:|---:|---:|---:|---:|---:|" + ("---|" if judged else ""),
         ]
         for name, row in self.by_group.items():
             cells = [
                 f"{100 * row[k]:.2f}" if not math.isnan(row[k]) else "–"
-                for k in ("dense_accuracy", "sparse_accuracy", "gap", "psi")
+                for k in ("dense_accuracy", "sparse_accuracy", "gap", "psi", "standard_error")
             ]
-            lines.append(f"| {name} | {int(row['count'])} | " + " | ".join(cells) + " |")
+            verdict = (" yes |" if row["resolvable"] else " no |") if judged else ""
+            lines.append(f"| {name} | {int(row['count'])} | " + " | ".join(cells) + " |" + verdict)
         feasible = "" if self.tolerance is None else f", feasible at ε = {100 * self.tolerance:.2f}: {self.feasible}"
         lines += [
             "",
