@@ -10,7 +10,7 @@ import torch
 
 from ceag_cooper.problems.base import GroupFairnessProblem
 
-__all__ = ["DualOptimizerName", "StepOrder", "build_optimizer"]
+__all__ = ["DualOptimizerName", "StepOrder", "auto_dual_lr", "build_optimizer"]
 
 StepOrder = Literal["dual_primal", "simultaneous"]
 DualOptimizerName = Literal["sgd", "nupi"]
@@ -20,7 +20,7 @@ def build_optimizer(
     problem: GroupFairnessProblem,
     primal_optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer],
     *,
-    dual_lr: float = 1e-2,
+    dual_lr: float | Literal["auto"] = 1e-2,
     order: StepOrder = "dual_primal",
     dual_optimizer: DualOptimizerName = "sgd",
     proportional_gain: float = 0.0,
@@ -64,7 +64,9 @@ def build_optimizer(
     Args:
         problem: a :class:`GroupFairnessProblem` (``CEAG``, ``EqualizedLoss``, ``Unconstrained``...).
         primal_optimizer: the model's optimizer(s), built as usual.
-        dual_lr: multiplier step size (> 0).
+        dual_lr: multiplier step size (> 0), or ``"auto"``: :func:`auto_dual_lr`, ten times the
+            primal learning rate divided by the number of constraints (Cooper's FAQ), which keeps
+            the multipliers' sum from outgrowing the objective's weight with hundreds of groups.
         order: ``"dual_primal"`` or ``"simultaneous"``.
         dual_optimizer: ``"sgd"`` (projected gradient ascent) or ``"nupi"`` (see above).
         proportional_gain: nuPI's :math:`K_P \ge 0` (nuPI only; 0 is SGD).
@@ -89,8 +91,10 @@ def build_optimizer(
     """
     if not isinstance(problem, GroupFairnessProblem):
         raise TypeError(f"`problem` must be a GroupFairnessProblem, got {type(problem).__name__}.")
+    if dual_lr == "auto":
+        dual_lr = auto_dual_lr(problem, primal_optimizer)
     if isinstance(dual_lr, bool) or not isinstance(dual_lr, (int, float)) or not (0 < dual_lr < math.inf):
-        raise ValueError(f"`dual_lr` must be a finite float > 0, got {dual_lr!r}.")
+        raise ValueError(f"`dual_lr` must be a finite float > 0 or 'auto', got {dual_lr!r}.")
     classes = {
         "dual_primal": cooper.optim.AlternatingDualPrimalOptimizer,
         "simultaneous": cooper.optim.SimultaneousOptimizer,
@@ -116,6 +120,33 @@ def build_optimizer(
     else:
         dual = torch.optim.SGD(problem.dual_parameters(), lr=float(dual_lr), maximize=True)
     return classes[order](cmp=problem, primal_optimizers=primal_optimizer, dual_optimizers=dual)
+
+
+def auto_dual_lr(
+    problem: GroupFairnessProblem, primal_optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer]
+) -> float:
+    """``10 * primal_lr / C``: a dual step size that scales with the number of constraints ``C``.
+
+    Cooper's FAQ suggests it as a starting point: every observed multiplier moves by about
+    ``dual_lr * violation`` per step, so their sum, which weighs the constraints against the
+    objective in the model step, grows ``C`` times faster with ``C`` constraints at a fixed step
+    size (with the paper's 0.01 and 90 groups the sum passed 1 within two epochs and the
+    objective's weight turned negative). ``primal_lr`` is the first parameter group's initial
+    learning rate (``initial_lr`` when a scheduler set it, else ``lr``).
+
+    Example:
+        >>> import torch
+        >>> from ceag_cooper import CEAG, GroupMetrics
+        >>> ref = GroupMetrics(torch.full((90,), 0.8), torch.ones(90), torch.full((90,), 10.0),
+        ...                    torch.tensor(0.8), torch.tensor(1.0), torch.tensor(900.0))
+        >>> primal = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.01)
+        >>> round(auto_dual_lr(CEAG(reference=ref, buffer_size=None), primal), 6)
+        0.001111
+    """
+    first = primal_optimizer[0] if isinstance(primal_optimizer, (list, tuple)) else primal_optimizer
+    group = first.param_groups[0]
+    constraints = problem.num_constraints() if problem.constraint_type is not None else 1
+    return 10.0 * float(group.get("initial_lr", group["lr"])) / constraints
 
 
 def _finite_float(value: float, name: str, *, minimum: float) -> float:

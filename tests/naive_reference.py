@@ -9,9 +9,10 @@ import math
 class NaiveBuffers:
     """One ``collections.deque(maxlen=k)`` per group, fed sample by sample."""
 
-    def __init__(self, num_groups: int, k: int) -> None:
+    def __init__(self, num_groups: int, k: int, capacities: list[int] | None = None) -> None:
         self.k = k
-        self.deques = [collections.deque(maxlen=k) for _ in range(num_groups)]
+        self.capacities = capacities or [k] * num_groups
+        self.deques = [collections.deque(maxlen=c) for c in self.capacities]
 
     def update(self, ids: list, values: list) -> None:
         for sample_ids, value in zip(ids, values, strict=True):
@@ -19,7 +20,7 @@ class NaiveBuffers:
                 self.deques[g].append(value)
 
     def full(self) -> list[bool]:
-        return [len(d) == self.k for d in self.deques]
+        return [len(d) == c for d, c in zip(self.deques, self.capacities, strict=True)]
 
     def means(self) -> list[float]:
         return [sum(d) / len(d) if d else 0.0 for d in self.deques]

@@ -27,11 +27,14 @@ def buffer_runs(draw):
     return num_groups, k, members, batches
 
 
-@given(run=buffer_runs())
-def test_buffer_matches_deque_oracle_after_every_update(run):
+@given(run=buffer_runs(), per_group=st.booleans(), seed=st.integers(0, 2**16))
+def test_buffer_matches_deque_oracle_after_every_update(run, per_group, seed):
     num_groups, k, members, batches = run
-    store = ReplayBufferStore(num_groups, k)
-    oracle = NaiveBuffers(num_groups, k)
+    capacities = None
+    if per_group:  # some groups smaller than k (issue #15: a small group's buffer holds it once)
+        capacities = torch.randint(1, k + 1, (num_groups,), generator=torch.Generator().manual_seed(seed))
+    store = ReplayBufferStore(num_groups, k, group_capacity=capacities)
+    oracle = NaiveBuffers(num_groups, k, None if capacities is None else capacities.tolist())
     for ids, values in batches:
         ids_tensor = torch.tensor(ids)
         if members == 1:
@@ -95,3 +98,22 @@ def test_state_dict_is_a_copy_and_the_store_moves_and_casts_as_a_module():
     assert store.ring.dtype == torch.float64
     assert store.written.dtype == torch.long
     assert [name for name, _ in store.named_buffers()] == ["ring", "written"]
+
+
+def test_group_capacity_is_checked_and_saved():
+    with pytest.raises(ValueError, match=r"in \[1, 3\]"):
+        ReplayBufferStore(2, 3, group_capacity=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="2 integers"):
+        ReplayBufferStore(2, 3, group_capacity=torch.tensor([1.0, 3.0]))
+    store = ReplayBufferStore(2, 3, group_capacity=torch.tensor([1, 3]))
+    store.update(torch.tensor([0, 0, 1]), torch.tensor([5.0, 7.0, 1.0]))
+    assert store.contents(0) == [7.0]
+    assert store.is_full().tolist() == [True, False]
+    assert store.means().tolist() == [7.0, 1.0]
+    same = ReplayBufferStore(2, 3, group_capacity=torch.tensor([1, 3]))
+    same.load_state_dict(store.state_dict())
+    assert same.contents(1) == [1.0]
+    with pytest.raises(ValueError, match="other per-group capacities"):
+        ReplayBufferStore(2, 3, group_capacity=torch.tensor([2, 3])).load_state_dict(store.state_dict())
+    with pytest.raises(ValueError, match="pass the same group_capacity"):
+        ReplayBufferStore(2, 3).load_state_dict(store.state_dict())

@@ -201,3 +201,55 @@ def test_group_ids_beyond_the_reference_and_nan_losses_are_rejected():
         )
     with pytest.raises(ValueError, match="either `model` and `inputs`"):
         problem.compute_cmp_state(targets=torch.zeros(3, dtype=torch.long), group_ids=torch.tensor([0, 1, 2]))
+
+
+def test_per_group_tolerances_from_group_sizes_by_hand():
+    """Issue #15 item 3: eps_g = eps + z * SE_g, SE_g the Laplace-smoothed binomial SE at the group's size."""
+    problem = CEAG(reference=REFERENCE, tolerance=EPS, buffer_size=None, resolution_z=2.0)
+    sizes, accuracy = [50, 30, 20], [0.9, 0.8, 0.6]
+    expected = []
+    for n, p in zip(sizes, accuracy, strict=True):
+        smoothed = (n * p + 1) / (n + 2)
+        expected.append(EPS + 2.0 * math.sqrt(smoothed * (1 - smoothed) / n))
+    assert problem.group_tolerance.tolist() == pytest.approx(expected, rel=1e-6)
+    plain = CEAG(reference=REFERENCE, tolerance=EPS, buffer_size=None)
+    got, _, _ = strict(problem, BATCH_IDS, BATCH_CORRECT)
+    base, _, _ = strict(plain, BATCH_IDS, BATCH_CORRECT)
+    # the same estimate, each group's own bound subtracted (g2 absent: 0 for both)
+    assert [g - b for g, b in zip(got[:2], base[:2], strict=True)] == pytest.approx(
+        [EPS - t for t in expected[:2]], abs=1e-6
+    )
+    assert problem.config()["resolution_z"] == 2.0
+    assert "resolution_z" not in plain.config()  # 0.1 checkpoints (without the key) still load
+    two = cc_two_sided(resolution_z=2.0)
+    state = two.compute_cmp_state(logits=logits_for(BATCH_CORRECT), targets=torch.zeros(6, dtype=torch.long),
+                                  group_ids=torch.tensor(BATCH_IDS))  # fmt: skip
+    assert state.misc["strict_violation"].shape == (6,)
+
+
+def cc_two_sided(**options):
+    from ceag_cooper import TwoSidedCEAG
+
+    return TwoSidedCEAG(reference=REFERENCE, tolerance=EPS, buffer_size=None, **options)
+
+
+def test_small_groups_get_buffers_of_their_size():
+    """Issue #15 item 3: a group smaller than k is estimated from each of its samples once."""
+    small = GroupMetrics(
+        group_accuracy=torch.tensor([0.9, 0.5]), group_loss=torch.tensor([0.3, 0.7]),
+        group_count=torch.tensor([50.0, 3.0]), accuracy=torch.tensor(0.877), loss=torch.tensor(0.32),
+        num_samples=torch.tensor(53.0),
+    )  # fmt: skip
+    problem = CEAG(reference=small, tolerance=EPS, buffer_size=4, fit_buffers_to_groups=True)
+    assert problem.buffers.group_capacity.tolist() == [4, 3]
+    strict(problem, [0, 0, 0, 0, 1, 1, 1], [1, 1, 0, 1, 1, 0, 0])
+    assert problem.buffers.is_full().tolist() == [True, True]  # 3 samples fill the small group's buffer
+    assert problem.buffers.contents(1) == [1.0, 0.0, 0.0]
+    default = CEAG(reference=small, tolerance=EPS, buffer_size=4)
+    strict(default, [0, 0, 0, 0, 1, 1, 1], [1, 1, 0, 1, 1, 0, 0])
+    assert default.buffers.is_full().tolist() == [True, False]  # the paper's k for all: it waits for a repeat
+    copy = CEAG(reference=small, tolerance=EPS, buffer_size=4, fit_buffers_to_groups=True)
+    copy.load_state_dict(problem.state_dict())
+    assert copy.buffers.contents(1) == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="config"):
+        default.load_state_dict(problem.state_dict())

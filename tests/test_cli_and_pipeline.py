@@ -1,5 +1,6 @@
 """The experiment pipeline and the ``ceag-cooper`` CLI on tiny settings."""
 
+import dataclasses
 import json
 
 import pytest
@@ -249,3 +250,34 @@ def test_results_record_repository_paths_relative():
     assert _portable("/elsewhere/out") == "/elsewhere/out"
     for path in (root / "benchmarks").rglob("*.json"):
         assert f'"{root}/' not in path.read_text(), path
+
+
+def test_many_group_options_reach_the_problem_and_keep_old_names(tmp_path):
+    """Issue #15: dual_lr='auto', per-group tolerances and fitted buffers from the config and the CLI."""
+    from ceag_cooper.experiments.finetuning import _check_same_run, make_problem
+
+    config = ExperimentConfig(**TINY, method="ceag", resolution_z=1.0, fit_buffers_to_groups=True, dual_lr="auto")
+    assert config.run_name() != ExperimentConfig(**TINY, method="ceag").run_name()
+    assert (
+        ExperimentConfig(**TINY, method="ceag", resolution_z=0.0).run_name()
+        == ExperimentConfig(**TINY, method="ceag").run_name()
+    )  # at their old values the new fields leave names (and committed cells) as they were
+    task = load_task(config)
+    from ceag_cooper import evaluate_groups
+
+    features = task.train.inputs[0].numel()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, task.train.num_classes))
+    reference = evaluate_groups(model, task.train.batches(512), groups=task.spec)
+    problem = make_problem(config, reference, 0)
+    assert problem.resolution_z == 1.0
+    assert problem.buffers.group_capacity is not None
+    result = run_experiment(ExperimentConfig.from_dict({**config.__dict__, "output_dir": str(tmp_path)}),
+                            task=task, progress=False)  # fmt: skip
+    assert result["log"][-1]["multipliers"]
+    # a checkpoint written before these fields existed resumes when they hold their old values
+    old = {k: v for k, v in dataclasses.asdict(ExperimentConfig(**TINY)).items()
+           if k not in ("resolution_z", "fit_buffers_to_groups")}  # fmt: skip
+    _check_same_run(tmp_path / "x.pt", {"data": "d", "config": old},
+                    {"data": "d", "config": dataclasses.asdict(ExperimentConfig(**TINY))})  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["prune", "--dual-lr", "fast", "--output-dir", str(tmp_path)])

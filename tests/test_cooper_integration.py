@@ -271,3 +271,17 @@ def lambda_model(function):
             return self.function(x)
 
     return Wrapped()
+
+
+def test_auto_dual_lr_is_ten_primal_lrs_over_the_constraints():
+    """Issue #15 item 1: the dual step shrinks with the number of constraints (Cooper's FAQ rule)."""
+    from ceag_cooper import TwoSidedCEAG
+
+    model = torch.nn.Linear(4, 2)
+    primal = torch.optim.SGD(model.parameters(), lr=0.03)
+    one_sided = build_optimizer(CEAG(reference=REFERENCE, buffer_size=None), primal, dual_lr="auto")
+    assert one_sided.dual_optimizers[0].param_groups[0]["lr"] == pytest.approx(10 * 0.03 / REFERENCE.num_groups)
+    two = build_optimizer(TwoSidedCEAG(reference=REFERENCE, buffer_size=None), [primal], dual_lr="auto")
+    assert two.dual_optimizers[0].param_groups[0]["lr"] == pytest.approx(10 * 0.03 / (2 * REFERENCE.num_groups))
+    with pytest.raises(ValueError, match="or 'auto'"):
+        build_optimizer(CEAG(reference=REFERENCE, buffer_size=None), primal, dual_lr="fast")

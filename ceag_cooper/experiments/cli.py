@@ -43,6 +43,8 @@ _FINETUNE_FIELDS = {
     "constraint_estimate",
     "final_iterate",
     "el_form",
+    "resolution_z",
+    "fit_buffers_to_groups",
 }
 _HELP = {
     "task": "utkface, adult, omniglot or synthetic",
@@ -69,6 +71,9 @@ _HELP = {
     "final_iterate": "last, or feasible_best: the most accurate epoch end with train max psi <= tolerance "
     "(else the least infeasible), for constrained methods",
     "el_form": "equalized loss: signed (L_g - L = 0) or paper (|L_g - L| = 0, the official code)",
+    "dual_lr": "multiplier step size, or auto: 10 x lr / number of constraints (Cooper's rule for many groups)",
+    "resolution_z": "CEAG: per-group tolerance eps + z * SE_g from each group's size (0: one eps for all)",
+    "fit_buffers_to_groups": "CEAG: a group smaller than buffer_size gets a buffer of its size",
 }
 
 
@@ -88,10 +93,22 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froze
                                 help=help_text)  # fmt: skip
         elif item.name in ("subset",):
             parser.add_argument(flag, type=int, default=default, help=help_text)
+        elif item.name == "dual_lr":
+            parser.add_argument(flag, type=_float_or_auto, default=default, help=help_text)
         elif default is None:
             parser.add_argument(flag, type=str, default=None, help=help_text)
         else:
             parser.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def _float_or_auto(text: str) -> float | str:
+    """``"auto"`` or a float (the flag's type; the config validates the value)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:

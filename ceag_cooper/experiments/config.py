@@ -63,7 +63,9 @@ class ExperimentConfig:
     margin: float = 0.0
     """CEAG enforces ``tolerance - margin``; ``tolerance`` stays the requirement reports check."""
     buffer_size: int = 40
-    dual_lr: float = 0.01
+    dual_lr: float | str = 0.01
+    """The multiplier step size, or ``"auto"`` (:func:`ceag_cooper.optim.auto_dual_lr`: ten times
+    ``lr`` over the number of constraints)."""
     dual_optimizer: str = "sgd"
     """``"sgd"`` (the paper) or ``"nupi"`` (see :func:`ceag_cooper.build_optimizer`)."""
     nupi_kp: float = 0.0
@@ -74,6 +76,10 @@ class ExperimentConfig:
     """``"last"`` or ``"feasible_best"``: constrained methods return the most accurate iterate with
     train max ψ ≤ ε among the epoch ends at final sparsity (eval mode, the constraint data), else
     the least infeasible one. Unconstrained methods always return the last (NFT+ES: best test)."""
+    resolution_z: float = 0.0
+    """CEAG's per-group tolerances ``eps + z * SE_g`` (``CEAG(resolution_z=...)``); 0: one eps."""
+    fit_buffers_to_groups: bool = False
+    """CEAG: groups smaller than ``buffer_size`` get buffers of their size (``CEAG(fit_buffers_to_groups=...)``)."""
     el_form: str = "signed"
     """Equalized loss: ``"signed"`` (``L_g - L = 0``) or ``"paper"`` (the official code's ``|L_g - L| = 0``)."""
     mitigate_during_pruning: bool = False
@@ -101,6 +107,7 @@ class ExperimentConfig:
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"`lr_gamma` must be in (0, 1], got {self.lr_gamma}.")
         check_non_negative_float(self.margin, "margin")
+        check_non_negative_float(self.resolution_z, "resolution_z")
         choices = {
             "dual_optimizer": ("sgd", "nupi"),
             "constraint_estimate": ("train", "eval"),
@@ -130,6 +137,8 @@ class ExperimentConfig:
             )
         for name in ("lr", "dense_lr", "dual_lr"):
             value = getattr(self, name)
+            if name == "dual_lr" and value == "auto":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         check_non_negative_float(self.weight_decay, "weight_decay")

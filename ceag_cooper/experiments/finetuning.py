@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ceag_cooper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ceag_cooper.experiments.config import ExperimentConfig
+from ceag_cooper.experiments.config import LEGACY_PROTOCOL, ExperimentConfig
 from ceag_cooper.experiments.dense import augment
 from ceag_cooper.experiments.registry import get_method
 from ceag_cooper.experiments.tasks import Task, data_fingerprint, heldout_split
@@ -260,8 +260,11 @@ def _check_same_run(path: Path, saved: dict[str, Any] | None, current: dict[str,
             "resume needs the same data set: delete the checkpoint to start afresh."
         )
     ignored = {"data_dir", "cache_dir", "output_dir"}  # where things live, not what runs
+    # A field added since the checkpoint was written is unchanged if it holds the value runs had before it.
+    before = {k: v for k, v in LEGACY_PROTOCOL.items() if k != "finetune_epochs"}
+    saved_config = {**before, **saved["config"]}
     changed = sorted(
-        k for k in current["config"] if k not in ignored and json.dumps(saved["config"].get(k), default=list)
+        k for k in current["config"] if k not in ignored and json.dumps(saved_config.get(k), default=list)
         != json.dumps(current["config"][k], default=list)
     )  # fmt: skip
     if changed:

@@ -29,6 +29,8 @@ LEGACY_PROTOCOL: dict[str, Any] = {
     "nupi_ema": 0.0,
     "final_iterate": "last",
     "el_form": "signed",
+    "resolution_z": 0.0,
+    "fit_buffers_to_groups": False,
 }
 """The fine-tuning protocol before issue #13 (constant primal LR for 4 epochs, training-mode
 estimates, no margin, SGD dual, last iterate, signed EL): the grids that ran with it set these

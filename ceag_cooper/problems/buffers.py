@@ -27,6 +27,10 @@ class ReplayBufferStore(torch.nn.Module):
         capacity: ``k``, values kept per group.
         device: where the ring lives (the model's device).
         dtype: dtype of the stored values.
+        group_capacity: optional ``(G,)`` capacities ``1 <= k_g <= k`` (default ``k`` for every
+            group). A group with fewer training samples than ``k`` would hold repeats of its own
+            samples spanning several epochs; with ``k_g`` = its size, a full buffer holds each of
+            its samples once (its exact whole-group estimate from the latest pass).
 
     Example:
         >>> import torch
@@ -48,11 +52,23 @@ class ReplayBufferStore(torch.nn.Module):
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        group_capacity: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.num_groups = check_positive_int(num_groups, "num_groups")
         self.capacity = check_positive_int(capacity, "capacity")
         device = torch.device(device) if device is not None else torch.device("cpu")
+        if group_capacity is not None:
+            group_capacity = torch.as_tensor(group_capacity, device=device)
+            if group_capacity.shape != (self.num_groups,) or group_capacity.dtype.is_floating_point:
+                raise ValueError(
+                    f"`group_capacity` must hold {self.num_groups} integers, got shape {tuple(group_capacity.shape)} "
+                    f"and dtype {group_capacity.dtype}."
+                )
+            if bool(((group_capacity < 1) | (group_capacity > self.capacity)).any()):
+                raise ValueError(f"every `group_capacity` must be in [1, {self.capacity}] (the capacity).")
+        # Per-group k_g, or None: every group holds k (the common case keeps its cheaper arithmetic).
+        self.register_buffer("group_capacity", None if group_capacity is None else group_capacity.long())
         # One spare column (index k) takes the writes of values that are not kept, so that the
         # scatter needs no boolean indexing (which would force a device-to-host sync).
         self.register_buffer("ring", torch.zeros(self.num_groups, self.capacity + 1, dtype=dtype, device=device))
@@ -64,10 +80,14 @@ class ReplayBufferStore(torch.nn.Module):
         """Device of the ring."""
         return self.ring.device
 
+    def _capacity(self) -> torch.Tensor | int:
+        """``k`` or the ``(G,)`` per-group capacities."""
+        return self.capacity if self.group_capacity is None else self.group_capacity
+
     @property
     def fill(self) -> torch.Tensor:
-        """``(G,)`` number of values held per group (at most ``k``)."""
-        return self.written.clamp(max=self.capacity)
+        """``(G,)`` number of values held per group (at most its capacity)."""
+        return torch.minimum(self.written, torch.as_tensor(self._capacity(), device=self.written.device))
 
     def reset(self) -> None:
         """Empty every buffer."""
@@ -93,14 +113,20 @@ class ReplayBufferStore(torch.nn.Module):
         # Slot of value i: (written[g] + i - start[g]) % k, with start = ends - counts. Only the
         # last k values of each group are kept: i >= ends[g] - k; the others go to the spare column.
         offset = (self.written - ends + counts)[sorted_ids]
-        kept = position >= (ends - self.capacity)[sorted_ids]
-        slot = torch.where(kept, (position + offset) % self.capacity, self.capacity)
+        capacity = self._capacity()
+        if isinstance(capacity, int):
+            kept = position >= (ends - capacity)[sorted_ids]
+            slot = torch.where(kept, (position + offset) % capacity, self.capacity)
+        else:  # each group's own k_g: its slots 0..k_g-1, the columns above stay 0
+            own = capacity[sorted_ids]
+            kept = position >= (ends - capacity)[sorted_ids]
+            slot = torch.where(kept, (position + offset) % own, self.capacity)
         self.ring.index_put_((sorted_ids, slot), vals[order].to(self.ring.dtype))
         self.written.add_(counts)
 
     def is_full(self) -> torch.Tensor:
-        """``(G,)`` bool: which groups hold ``k`` values (only those count as estimates)."""
-        return self.written >= self.capacity
+        """``(G,)`` bool: which groups hold ``k`` (or ``k_g``) values (only those count as estimates)."""
+        return self.written >= self._capacity()
 
     def sums(self) -> torch.Tensor:
         """``(G,)`` sum of the held values of each group."""
@@ -108,7 +134,9 @@ class ReplayBufferStore(torch.nn.Module):
 
     def means(self) -> torch.Tensor:
         """``(G,)`` mean of the held values of each group (0 for an empty group)."""
-        return self.sums() / self.written.clamp(min=1, max=self.capacity).to(self.ring.dtype)
+        if self.group_capacity is None:
+            return self.sums() / self.written.clamp(min=1, max=self.capacity).to(self.ring.dtype)
+        return self.sums() / torch.minimum(self.written, self.group_capacity).clamp(min=1).to(self.ring.dtype)
 
     def query(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(means(), is_full())`` together."""
@@ -117,9 +145,10 @@ class ReplayBufferStore(torch.nn.Module):
     def contents(self, group: int) -> list[float]:
         """The held values of one group, oldest first (for tests and debugging; syncs)."""
         written = int(self.written[group])
-        fill = min(written, self.capacity)
-        start = (written - fill) % self.capacity
-        idx = [(start + i) % self.capacity for i in range(fill)]
+        capacity = self.capacity if self.group_capacity is None else int(self.group_capacity[group])
+        fill = min(written, capacity)
+        start = (written - fill) % capacity
+        idx = [(start + i) % capacity for i in range(fill)]
         return [float(v) for v in self.ring[group, idx].tolist()]
 
     def state_dict(self, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:  # type: ignore[override]
@@ -143,7 +172,15 @@ class ReplayBufferStore(torch.nn.Module):
                 f"replay buffer state is corrupt: `written` must hold {self.num_groups} int64 counts >= 0, "
                 f"got shape {tuple(written.shape)}, dtype {written.dtype}."
             )
-        super().load_state_dict({"ring": state["ring"], "written": written}, strict=strict, assign=assign)
+        kept = {"ring": state["ring"], "written": written}
+        if self.group_capacity is not None:
+            saved = state.get("group_capacity")
+            if saved is None or not torch.equal(saved.to(self.group_capacity.device), self.group_capacity):
+                raise ValueError("replay buffer state was saved with other per-group capacities; use the same ones.")
+            kept["group_capacity"] = saved
+        elif state.get("group_capacity") is not None:
+            raise ValueError("replay buffer state was saved with per-group capacities; pass the same group_capacity.")
+        super().load_state_dict(kept, strict=strict, assign=assign)
 
 
 class TensorState(torch.nn.Module):

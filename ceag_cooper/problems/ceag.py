@@ -68,6 +68,16 @@ class CEAG(GroupFairnessProblem):
         margin: :math:`m \ge 0`, as a fraction: the multipliers enforce :math:`\epsilon - m`
             (default 0, the paper).
         buffer_size: ``k``, per-group replay buffer length; ``None`` disables the buffers.
+        fit_buffers_to_groups: give a group with fewer than ``k`` samples in the reference a
+            buffer of its size, so that a full buffer holds each of its samples once (its exact
+            whole-group accuracy from the latest pass) instead of repeats spanning several epochs.
+            Default ``False`` (the paper).
+        resolution_z: :math:`z \ge 0`: per-group tolerances
+            :math:`\epsilon_g = \epsilon + z \cdot SE_g`, with :math:`SE_g` the binomial standard
+            error of group ``g``'s dense accuracy at its size in the reference (Laplace-smoothed, as
+            :attr:`DisparityReport.standard_error`). A group whose accuracy the data cannot resolve
+            to within ε then gets a looser bound instead of a multiplier driven by noise. Default 0
+            (one ε for every group, the paper). Reports still check the plain ε.
         overall: ``"population"`` (default) or ``"balanced"`` (see above).
         detach_overall: no gradient through the proxy's overall term (see above); default
             ``False``, the paper's proxy.
@@ -97,6 +107,8 @@ class CEAG(GroupFairnessProblem):
         tolerance: float = 0.01,
         margin: float = 0.0,
         buffer_size: int | None = 40,
+        fit_buffers_to_groups: bool = False,
+        resolution_z: float = 0.0,
         overall: OverallMode = "population",
         detach_overall: bool = False,
         **options: Unpack[ProblemOptions],
@@ -108,6 +120,10 @@ class CEAG(GroupFairnessProblem):
             )
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         self.margin = check_non_negative_float(margin, "margin")
+        self.resolution_z = check_non_negative_float(resolution_z, "resolution_z")
+        if not isinstance(fit_buffers_to_groups, bool):
+            raise TypeError(f"`fit_buffers_to_groups` must be a bool, got {type(fit_buffers_to_groups).__name__}.")
+        self.fit_buffers_to_groups = fit_buffers_to_groups
         if self.tolerance > 0.5:
             warnings.warn(
                 f"tolerance={tolerance} allows each group to lose {100 * self.tolerance:g} accuracy points more than "
@@ -130,7 +146,15 @@ class CEAG(GroupFairnessProblem):
         self.overall = overall
         self.detach_overall = detach_overall
         super().__init__(reference=reference, **options)
-        store = ReplayBufferStore(self.num_groups, buffer_size, device=self.device) if buffer_size else None
+        capacity = None
+        if buffer_size and fit_buffers_to_groups:  # the data the buffers see: held-out or training
+            sizes = self.strict_reference.group_count.round().long()
+            capacity = sizes.clamp(min=1, max=buffer_size)
+        store = (
+            ReplayBufferStore(self.num_groups, buffer_size, device=self.device, group_capacity=capacity)
+            if buffer_size
+            else None
+        )
         self.buffers: ReplayBufferStore | None = self.register_state("buffers", store)
 
     def update_estimates(self, stats: BatchStatistics) -> None:
@@ -146,12 +170,27 @@ class CEAG(GroupFairnessProblem):
 
     @property
     def target(self) -> float:
-        """The bound the multipliers enforce: ``tolerance - margin``."""
+        """The bound the multipliers enforce: ``tolerance - margin`` (see :attr:`group_target`)."""
         return self.tolerance - self.margin
+
+    @property
+    def group_target(self) -> torch.Tensor | float:
+        r"""Each group's enforced bound :math:`\epsilon_g - m`, ``(G,)``; :attr:`target` when ``resolution_z == 0``."""
+        if self.resolution_z == 0:
+            return self.target
+        return self.group_tolerance - self.margin
+
+    @property
+    def group_tolerance(self) -> torch.Tensor:
+        r"""``(G,)`` :math:`\epsilon_g = \epsilon + z \cdot SE_g` from the reference's group sizes and accuracies."""
+        ref = self.strict_reference
+        n = ref.group_count.clamp(min=1)
+        smoothed = (n * ref.group_accuracy + 1.0) / (n + 2.0)
+        return self.tolerance + self.resolution_z * torch.sqrt(smoothed * (1.0 - smoothed) / n)
 
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy excess gaps of the present groups, minus the enforced target."""
-        return self.proxy_gaps(stats) - self.target, stats.present
+        return self.proxy_gaps(stats) - self.group_target, stats.present
 
     def excess_accuracy_gaps(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Estimated :math:`\hat\psi_g` (without the tolerance) and which groups are observed."""
@@ -179,16 +218,21 @@ class CEAG(GroupFairnessProblem):
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Accuracy excess gaps minus the enforced target, from buffers or the batch."""
         gaps, observed = self.excess_accuracy_gaps(stats)
-        return gaps - self.target, observed
+        return gaps - self.group_target, observed
 
     def config(self) -> dict[str, Any]:
-        """See :meth:`GroupFairnessProblem.config`; adds tolerance, buffer size and mode."""
+        """See :meth:`GroupFairnessProblem.config`; adds tolerance, buffer size and mode.
+
+        The options added in 0.2 appear only when set, so that checkpoints of 0.1 still load.
+        """
+        added = {"resolution_z": self.resolution_z, "fit_buffers_to_groups": self.fit_buffers_to_groups}
         return {
             **super().config(),
             "tolerance": self.tolerance,
             "margin": self.margin,
             "buffer_size": self.buffer_size,
             "overall": self.overall,
+            **{k: v for k, v in added.items() if v},
         }
 
 
@@ -216,9 +260,13 @@ class TwoSidedCEAG(CEAG):
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi~ - eps, -psi~ - eps]`` on the present groups."""
         gaps = self.proxy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self.target, stats.present.repeat(2)
+        return torch.cat([gaps, -gaps]) - self._both_sides(self.group_target), stats.present.repeat(2)
 
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi^ - eps, -psi^ - eps]`` on the observed groups."""
         gaps, observed = self.excess_accuracy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self.target, observed.repeat(2)
+        return torch.cat([gaps, -gaps]) - self._both_sides(self.group_target), observed.repeat(2)
+
+    @staticmethod
+    def _both_sides(target: torch.Tensor | float) -> torch.Tensor | float:
+        return target.repeat(2) if isinstance(target, torch.Tensor) else target
