@@ -116,6 +116,31 @@ GRIDS: dict[str, dict[str, Any]] = {
         "selected": {"ceag_detach_overall": {"dual_lr": 0.001}},  # results/select_omniglot_many_groups.md
         "seeds": (0,),
     },
+    "adult_many_groups": {
+        # Issue #15's many-groups task: 156 groups (sex x age bucket x occupation), 91 with >= 100 training
+        # samples; tabular, so a cell is minutes. Knobs are to be chosen in validation mode before the runs
+        # (select_protocol.py) and recorded as "selected"; until then the grid must not be reported.
+        "base": {
+            "task": "adult",
+            "target": "income",
+            "protected": ("sex", "age_bucket", "occupation"),
+            "model": "mlp",
+            "width": 32,
+            "batch_size": 256,
+            "dense_epochs": 10,
+            "dense_lr": 0.05,
+            "augment": False,
+            "prune_epochs": 4,
+            "finetune_epochs": 8,
+            "lr_milestones": (0.6, 0.8, 0.9),
+            "final_iterate": "feasible_best",
+            "tolerance": 0.02,
+            "buffer_size": 40,
+        },
+        "sparsities": (0.9,),
+        "methods": ("nft", "ceag", "ceag_detach_overall"),
+        "seeds": (0, 1, 2),
+    },
     "quick": {
         "base": {
             "task": "synthetic",

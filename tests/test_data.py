@@ -279,3 +279,31 @@ def test_omniglot_refuses_a_missing_zip_or_missing_characters(tmp_path):
     (folder / "images_background_small1.zip").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="not a complete, readable zip"):
         load_omniglot(tmp_path, size=8, expected_images=None)
+
+
+@needs_adult
+def test_adult_many_groups_from_the_real_files():
+    """Issue #15: sex x age bucket x occupation, oracle: the CSV read by hand with the same rules."""
+    import collections
+
+    from ceag_cooper.data import ADULT_ATTRIBUTES
+    from ceag_cooper.data.adult import AGE_EDGES, MERGED_OCCUPATIONS
+
+    train, _ = load_adult(protected=("sex", "age_bucket", "occupation"))
+    spec = train.group_spec()
+    assert spec.num_groups == 2 * 6 * 13
+    counted = collections.Counter()
+    for line in (DATA / "adult" / "adult.data").read_text().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 15:
+            bucket = sum(int(fields[0]) >= edge for edge in AGE_EDGES)
+            occupation = MERGED_OCCUPATIONS.get(fields[6], fields[6])
+            counted[(fields[9], bucket, occupation)] += 1
+    ids = spec.group_ids(train.attributes)
+    ours = torch.bincount(ids, minlength=spec.num_groups)
+    names = ADULT_ATTRIBUTES
+    for (sex, bucket, occupation), count in counted.items():
+        g = (names["sex"].index(sex) * 6 + bucket) * 13 + names["occupation"].index(occupation)
+        assert int(ours[g]) == count
+    assert int((ours > 0).sum()) == 156  # every group has training samples (the merges see to it)
+    assert int((ours >= 100).sum()) == 91

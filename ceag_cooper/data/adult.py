@@ -11,7 +11,7 @@ import torch
 
 from ceag_cooper.data.base import GroupDataset, resolve_data_dir
 
-__all__ = ["ADULT_ATTRIBUTES", "ADULT_COLUMNS", "load_adult"]
+__all__ = ["ADULT_ATTRIBUTES", "ADULT_COLUMNS", "AGE_EDGES", "MERGED_OCCUPATIONS", "load_adult"]
 
 ADULT_COLUMNS = (
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
@@ -21,8 +21,31 @@ _NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "h
 ADULT_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "sex": ("Male", "Female"),
     "race": ("White", "Black", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other"),
-}
-"""Protected attributes of Adult and their values (in id order)."""
+    "age_bucket": ("17-24", "25-34", "35-44", "45-54", "55-64", "65+"),
+    "occupation": (
+        "Adm-clerical", "Craft-repair", "Exec-managerial", "Farming-fishing", "Handlers-cleaners",
+        "Machine-op-inspct", "Other-service", "Prof-specialty", "Protective-serv", "Sales", "Tech-support",
+        "Transport-moving", "?",
+    ),
+}  # fmt: skip
+"""Protected attributes of Adult and their values (in id order). ``age_bucket`` buckets the age
+column at 25, 35, 45, 55 and 65. ``occupation`` keeps ``?`` (missing) as a value and merges the two
+smallest occupations into their nearest (:data:`MERGED_OCCUPATIONS`), whose 9 and 149 people would
+otherwise leave groups empty. ``sex`` x ``age_bucket`` x ``occupation`` is a many-groups task whose
+groups can be measured (issue #15; sizes in ``docs/concepts.md#many-groups``)."""
+MERGED_OCCUPATIONS = {"Armed-Forces": "Protective-serv", "Priv-house-serv": "Other-service"}
+"""Occupations counted as another one in the protected attribute (the features keep them apart)."""
+AGE_EDGES = (25, 35, 45, 55, 65)
+"""Lower bounds of ``age_bucket``'s values after the first."""
+
+
+def _attribute_value(name: str, raw: str) -> str:
+    """The value of protected attribute ``name`` in a CSV field (ages are bucketed)."""
+    if name == "age_bucket":
+        return ADULT_ATTRIBUTES[name][sum(int(raw) >= edge for edge in AGE_EDGES)]
+    if name == "occupation":
+        return MERGED_OCCUPATIONS.get(raw, raw)
+    return raw
 
 
 def _read(path: Path) -> list[list[str]]:
@@ -52,7 +75,8 @@ def load_adult(
 
     Args:
         data_dir: folder holding ``adult/`` (default ``$CEAG_DATA_DIR`` or ``../shared/data``).
-        protected: ``"sex"``, ``"race"`` or both (intersections via ``GroupSpec``).
+        protected: any of :data:`ADULT_ATTRIBUTES` (``"sex"``, ``"race"``, ``"age_bucket"``,
+            ``"occupation"``); several give intersectional or marginal groups via ``GroupSpec``.
 
     Returns:
         ``(train, test)`` :class:`GroupDataset` with float features.
@@ -82,10 +106,13 @@ def load_adult(
         attributes = []
         for name in protected:
             values = ADULT_ATTRIBUTES[name]
-            unknown = {row[index[name]] for row in rows} - set(values)
+            column = "age" if name == "age_bucket" else name
+            raw = [_attribute_value(name, row[index[column]]) for row in rows]
+            unknown = set(raw) - set(values)
             if unknown:
                 raise ValueError(f"Adult {split}: unexpected {name} values {sorted(unknown)}.")
-            attributes.append([values.index(row[index[name]]) for row in rows])
+            lookup = {value: i for i, value in enumerate(values)}
+            attributes.append([lookup[value] for value in raw])
         return GroupDataset(
             inputs=torch.tensor(np.concatenate(blocks, axis=1), dtype=torch.float32),
             targets=torch.tensor(targets, dtype=torch.long),
