@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,3 +282,51 @@ def test_many_group_options_reach_the_problem_and_keep_old_names(tmp_path):
                     {"data": "d", "config": dataclasses.asdict(ExperimentConfig(**TINY))})  # fmt: skip
     with pytest.raises(SystemExit):
         main(["prune", "--dual-lr", "fast", "--output-dir", str(tmp_path)])
+
+
+def tiny_user_model(*, num_classes, input_shape):
+    """A factory for --model module:factory (this test module is importable as test_cli_and_pipeline)."""
+    features = 1
+    for size in input_shape:
+        features *= size
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, num_classes))  # fmt: skip
+
+
+def test_a_run_is_reproduced_from_its_results_json_and_flags_override_it(tmp_path, capsys, monkeypatch):
+    """Issue #17 item 6: the results JSON's config is a valid --config; a user model via module:factory."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    flags = ["--task", "synthetic", "--model", "test_cli_and_pipeline:tiny_user_model", "--dense-epochs", "2",
+             "--prune-epochs", "1", "--finetune-epochs", "1", "--no-augment", "--method", "ceag"]  # fmt: skip
+    assert main(["prune", *flags, "--output-dir", str(tmp_path / "first")]) == 0
+    first = json.loads(next((tmp_path / "first" / "results").glob("*.json")).read_text())
+    path = tmp_path / "first" / "results" / f"{first['run']}.json"
+    assert main(["prune", "--config", str(path), "--output-dir", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results" / f"{first['run']}.json").read_text())
+    assert again["reports"] == first["reports"]  # the same numbers from the results file alone
+    assert main(["prune", "--config", str(path), "--method", "nft", "--output-dir", str(tmp_path / "nft")]) == 0
+    assert json.loads(next((tmp_path / "nft" / "results").glob("*.json")).read_text())["config"]["method"] == "nft"
+    capsys.readouterr()
+    (tmp_path / "typo.json").write_text(json.dumps({"tolerence": 0.02}))
+    assert main(["prune", "--config", str(tmp_path / "typo.json")]) == 2
+    assert "unknown settings ['tolerence']" in capsys.readouterr().err
+
+
+def test_model_names_reach_the_right_builder():
+    """resnet18 was caught by the CIFAR-ResNet branch ('depth must be 6n + 2'); Adult ignored --target."""
+    from ceag_cooper.experiments import build_model
+
+    config = ExperimentConfig(**{**TINY, "model": "resnet18"})
+    task = load_task(ExperimentConfig(**TINY))
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs torchvision"):
+            build_model(config, task)
+    else:
+        assert type(build_model(config, task)).__name__ == "ResNet"
+    with pytest.raises(ValueError, match="cannot import"):
+        build_model(ExperimentConfig(**{**TINY, "model": "no_such_module:factory"}), task)
+    with pytest.raises(ValueError, match="target is income"):
+        ExperimentConfig(task="adult")
+    assert ExperimentConfig(task="adult", target="income").target == "income"

@@ -23,7 +23,7 @@ from ceag_cooper.checkpoint import CheckpointError
 from ceag_cooper.experiments import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
 from ceag_cooper.metrics import DisparityReport, plot_comparison
 
-__all__ = ["main", "results_table"]
+__all__ = ["config_file_values", "main", "results_table"]
 
 _FINETUNE_FIELDS = {
     "sparsity",
@@ -268,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     dense = commands.add_parser("train-dense", help="train (or reuse) the dense model")
     _add_config_flags(dense, skip=_FINETUNE_FIELDS | {"group_mode", "mitigate_during_pruning"})
+    _add_config_file_flag(dense)
     dense.set_defaults(run=_cmd_train_dense)
     prune = commands.add_parser("prune", help="prune, fine-tune with a method, evaluate, write results JSON")
     _add_config_flags(prune)
+    _add_config_file_flag(prune)
     prune.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
     prune.set_defaults(run=_cmd_prune)
     report = commands.add_parser("report", help="markdown table and plots from results JSON files")
@@ -286,9 +288,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_file_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a JSON file of settings: a results JSON (its 'config' block, to rerun that run) or a dict of "
+        "config fields; flags given on the command line override it",
+    )
+
+
+def config_file_values(path: Path) -> dict[str, Any]:
+    """The config fields stored in ``path``: a results JSON's ``config`` block, or a plain dict of fields.
+
+    Unknown keys are an error (a typo would otherwise be ignored); where things live (``data_dir``,
+    ``cache_dir``) is not taken from a results file, since it names another machine's folders.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--config {path}: not a readable JSON file ({type(error).__name__}: {error}).") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of settings, got {type(data).__name__}.")
+    from_results = isinstance(data.get("config"), dict)
+    values = dict(data["config"]) if from_results else data
+    known = {f.name for f in fields(ExperimentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown and not from_results:
+        raise ValueError(f"--config {path}: unknown settings {unknown}; known: {sorted(known)}.")
+    values = {k: v for k, v in values.items() if k in known}
+    if from_results:
+        values = {k: v for k, v in values.items() if k not in ("data_dir", "cache_dir")}
+    return values
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ceag-cooper``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        try:
+            values = config_file_values(args.config)
+        except ValueError as error:
+            print(f"ceag-cooper: {error}", file=sys.stderr)
+            return 2
+        # The file's values become the defaults and the command line is read again: explicit flags win.
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].set_defaults(**values)
+        args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("once")

@@ -99,6 +99,10 @@ class ExperimentConfig:
         if self.group_mode not in ("intersectional", "marginal"):
             raise ValueError(f"`group_mode` must be 'intersectional' or 'marginal', got {self.group_mode!r}.")
         get_method(self.method)  # an unknown name is a clear error listing the registered ones
+        if self.task == "adult" and self.target != "income":  # was ignored, and recorded as the default race
+            raise ValueError(
+                f"Adult's target is income (> 50K); pass target='income' (--target income), not {self.target!r}."
+            )
         if self.prune_epochs < 1 or self.finetune_epochs < 0 or self.dense_epochs < 0:
             raise ValueError("`prune_epochs` must be >= 1, `finetune_epochs` and `dense_epochs` >= 0.")
         self.lr_milestones = tuple(float(m) for m in self.lr_milestones)

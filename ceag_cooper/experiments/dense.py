@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import inspect
 import json
 from dataclasses import replace
@@ -51,20 +52,22 @@ def dense_code_fingerprint() -> str:
     for path in sorted([*(package / "models").glob("*.py"), *(package / "data").glob("*.py")]):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    for function in (build_model, _augment, train_dense):
+    for function in (build_model, _user_model, _augment, train_dense):
         digest.update(inspect.getsource(function).encode())
     return digest.hexdigest()[:12]
 
 
 def build_model(config: ExperimentConfig, task: Task) -> torch.nn.Module:
-    """The model named by ``config.model`` for the task's inputs and classes."""
+    """The model named by ``config.model`` for the task's inputs and classes.
+
+    Names: ``small_cnn``, ``resnet20`` / ``resnet56`` (CIFAR ResNets, depth 6n + 2), ``mlp``,
+    ``mobilenet_v2`` / ``resnet18`` (torchvision), or ``package.module:factory`` for a model of
+    your own: ``factory(num_classes=..., input_shape=...)`` must return an ``nn.Module`` (the
+    module is imported, so it must be importable from where the run starts).
+    """
     classes = task.train.num_classes
-    if config.model == "small_cnn":
-        return SmallCNN(classes, width=config.width, in_channels=task.input_shape[0])
-    if config.model.startswith("resnet"):
-        return cifar_resnet(int(config.model[6:]), classes, width=config.width // 2, in_channels=task.input_shape[0])
-    if config.model == "mlp":
-        return MLP(int(np.prod(task.input_shape)), classes, hidden=(config.width * 4, config.width * 4))
+    if ":" in config.model:
+        return _user_model(config.model, classes, task.input_shape)
     if config.model in ("mobilenet_v2", "resnet18"):  # the paper's UTKFace model, and a classic
         try:
             import torchvision
@@ -74,9 +77,32 @@ def build_model(config: ExperimentConfig, task: Task) -> torch.nn.Module:
                 "(torch==2.14.1 torchvision==0.29.1 on these machines)."
             ) from error
         return getattr(torchvision.models, config.model)(num_classes=classes)
+    if config.model == "small_cnn":
+        return SmallCNN(classes, width=config.width, in_channels=task.input_shape[0])
+    if config.model.startswith("resnet"):
+        return cifar_resnet(int(config.model[6:]), classes, width=config.width // 2, in_channels=task.input_shape[0])
+    if config.model == "mlp":
+        return MLP(int(np.prod(task.input_shape)), classes, hidden=(config.width * 4, config.width * 4))
     raise ValueError(
-        f"unknown model {config.model!r}; choose among small_cnn, resnet20, resnet56, mlp, mobilenet_v2, resnet18."
+        f"unknown model {config.model!r}; choose among small_cnn, resnet20, resnet56, mlp, mobilenet_v2, resnet18, "
+        "or package.module:factory for your own."
     )
+
+
+def _user_model(spec: str, classes: int, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """``factory(num_classes=..., input_shape=...)`` named by ``"package.module:factory"``."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"model {spec!r}: cannot import {attribute!r} from {module_name!r} ({type(error).__name__}: {error}); "
+            "give package.module:factory of an importable module."
+        ) from error
+    model = factory(num_classes=classes, input_shape=tuple(input_shape))
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model {spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model
 
 
 def _augment(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
