@@ -330,3 +330,21 @@ def test_model_names_reach_the_right_builder():
     with pytest.raises(ValueError, match="target is income"):
         ExperimentConfig(task="adult")
     assert ExperimentConfig(task="adult", target="income").target == "income"
+
+
+def test_demo_without_the_shared_data_falls_back_to_the_synthetic_task(tmp_path, capsys):
+    """Issue #17 item 8: `make demo` on a machine without ../shared/data ends with a disparity table."""
+    missing = str(tmp_path / "no-data")
+    assert main(["demo", "--quick", "--data-dir", missing, "--output-dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "UTKFace is not here" in out
+    assert "Running the synthetic demo instead" in out
+    assert "| run | method | sparsity | train acc | train max ψ |" in out
+    assert "| nft | 90% |" in out
+    assert "| ceag | 90% |" in out
+    summary = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert summary["task"] == "synthetic"
+    assert set(summary["rows"]) == {"nft", "ceag"}
+    # UTKFace asked for explicitly: no silent substitute, a one-line error
+    assert main(["demo", "--quick", "--task", "utkface", "--data-dir", missing, "--output-dir", str(tmp_path)]) == 2
+    assert "UTKFace not found under" in capsys.readouterr().err
