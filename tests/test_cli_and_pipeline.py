@@ -348,3 +348,27 @@ def test_demo_without_the_shared_data_falls_back_to_the_synthetic_task(tmp_path,
     # UTKFace asked for explicitly: no silent substitute, a one-line error
     assert main(["demo", "--quick", "--task", "utkface", "--data-dir", missing, "--output-dir", str(tmp_path)]) == 2
     assert "UTKFace not found under" in capsys.readouterr().err
+
+
+def test_device_is_checked_up_front_and_names_no_run():
+    """Issue #17 item 6: --device; a device this machine lacks is a clear error before any work."""
+    assert ExperimentConfig(**TINY, device="cpu").run_name() == ExperimentConfig(**TINY).run_name()
+    with pytest.raises(ValueError, match="not a torch device name"):
+        ExperimentConfig(**TINY, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ExperimentConfig(**TINY, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the accelerator lane)")
+def test_a_run_on_cuda_matches_the_cpu_run_statistically(tmp_path):
+    cpu = run_experiment(ExperimentConfig(**TINY, method="ceag", output_dir=str(tmp_path / "cpu")), progress=False)
+    cuda = run_experiment(
+        ExperimentConfig(**TINY, method="ceag", device="cuda", output_dir=str(tmp_path / "cuda")), progress=False
+    )
+    assert (
+        abs(
+            cuda["reports"]["test"]["overall"]["sparse_accuracy"] - cpu["reports"]["test"]["overall"]["sparse_accuracy"]
+        )
+        < 0.05
+    )

@@ -74,6 +74,7 @@ _HELP = {
     "dual_lr": "multiplier step size, or auto: 10 x lr / number of constraints (Cooper's rule for many groups)",
     "resolution_z": "CEAG: per-group tolerance eps + z * SE_g from each group's size (0: one eps for all)",
     "fit_buffers_to_groups": "CEAG: a group smaller than buffer_size gets a buffer of its size",
+    "device": "where models train and are evaluated: cpu, cuda, cuda:1, mps (not part of the run name)",
 }
 
 

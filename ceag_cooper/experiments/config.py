@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import torch
+
 from ceag_cooper._validation import check_non_negative_float
 from ceag_cooper.experiments.naming import LEGACY_PROTOCOL, run_name
 from ceag_cooper.experiments.registry import get_method
@@ -87,6 +89,10 @@ class ExperimentConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     output_dir: str = "outputs"
+    device: str = "cpu"
+    """Where the models train and are evaluated (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``); not part
+    of the run name or the dense key: like the output folder, it says where a run happens. GPU kernels are
+    not bit-deterministic, so runs on another device agree with CPU runs only statistically."""
     validation: bool = False
     """Hyperparameter-selection mode: train on a group-stratified 80% of the training split and
     report the other 20% as the "test" split, so that settings are chosen without the test set."""
@@ -99,6 +105,7 @@ class ExperimentConfig:
         if self.group_mode not in ("intersectional", "marginal"):
             raise ValueError(f"`group_mode` must be 'intersectional' or 'marginal', got {self.group_mode!r}.")
         get_method(self.method)  # an unknown name is a clear error listing the registered ones
+        self._check_device()
         if self.task == "adult" and self.target != "income":  # was ignored, and recorded as the default race
             raise ValueError(
                 f"Adult's target is income (> 50K); pass target='income' (--target income), not {self.target!r}."
@@ -123,6 +130,19 @@ class ExperimentConfig:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         if not (math.isfinite(self.nupi_kp) and self.nupi_kp >= 0 and 0 <= self.nupi_ema < 1):
             raise ValueError(f"`nupi_kp` must be >= 0 and `nupi_ema` in [0, 1), got {self.nupi_kp}, {self.nupi_ema}.")
+
+    def _check_device(self) -> None:
+        """A device this machine has, named before any work (a bad one would fail after loading the data)."""
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"`device` {self.device!r} is not a torch device name (cpu, cuda, cuda:1, mps)."
+            ) from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"`device` {self.device!r}: CUDA is not available on this machine; use device='cpu'.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"`device` {self.device!r}: MPS is not available on this machine; use device='cpu'.")
 
     def _check_numbers(self) -> None:
         """Every numeric field, before any work (a bad value used to fail after dense training)."""

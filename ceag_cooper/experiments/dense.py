@@ -125,12 +125,14 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
         # it was trained on are inflated, most for small groups, which then look violated forever.
         task = replace(task, train=heldout_split(config, task)[0])
     torch.manual_seed(config.seed)
+    device = torch.device(config.device)
     model = build_model(config, task)
     dense_config = {k: getattr(config, k) for k in _DENSE_FIELDS}
     data = task.train.fingerprint()
     if path.exists():
         model.load_state_dict(_load_dense(path, dense_config, data))
-        return model, path, True
+        return model.to(device), path, True
+    model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.dense_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
     )
@@ -141,12 +143,13 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
     epochs = range(config.dense_epochs)
     for epoch in progress_bar(epochs, description="dense training") if progress else epochs:
         for x, y, _ in task.train.batches(config.batch_size, seed=config.seed * 1000 + epoch):
-            x = _augment(x, generator) if config.augment else x
+            x = _augment(x, generator) if config.augment else x  # on the CPU: the generator's device
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
             optimizer.step()
             scheduler.step()
-    payload = {"model": model.state_dict(), "dense_config": dense_config, "data": data, "code": code_version()}
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}  # loads on any device
+    payload = {"model": weights, "dense_config": dense_config, "data": data, "code": code_version()}
     atomic_write(path, lambda handle: torch.save(payload, handle))
     return model, path, False
 

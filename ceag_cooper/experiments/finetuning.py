@@ -121,7 +121,8 @@ def finetune(
     which iterate was returned (``"final_iterate"``) when the run selects one.
     """
     torch.manual_seed(config.seed + 1)
-    model = copy.deepcopy(dense)
+    device = torch.device(config.device)
+    model = copy.deepcopy(dense).to(device)
     if dense_test is None:  # the dense model's test metrics, for the epoch log (run_experiment passes them)
         dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)
     train, heldout = task.train, None
@@ -173,10 +174,11 @@ def finetune(
         started = time.perf_counter()
         for x, y, a in train.batches(config.batch_size, seed=config.seed * 1000 + 500 + epoch):
             clean = x
-            x = augment(x, generator) if config.augment else x
-            kwargs = {"model": model, "inputs": x, "targets": y, "group_ids": task.spec.group_ids(a)}
+            x = augment(x, generator) if config.augment else x  # on the CPU: the generator's device
+            ids = task.spec.group_ids(a)
+            kwargs = {"model": model, "inputs": x.to(device), "targets": y.to(device), "group_ids": ids.to(device)}
             if problem.constraint_estimate == "eval":
-                kwargs["estimate_inputs"] = clean
+                kwargs["estimate_inputs"] = clean.to(device)
             rollout = optimizer.roll(compute_cmp_state_kwargs=kwargs)
             stats = rollout.cmp_state.misc["stats"]
             running.update_from_values(stats.per_sample_loss.detach(), stats.per_sample_correct, stats.group_ids)
@@ -259,7 +261,7 @@ def _check_same_run(path: Path, saved: dict[str, Any] | None, current: dict[str,
             f"{path} was written for other data (fingerprint {saved['data']}, now {current['data']}); "
             "resume needs the same data set: delete the checkpoint to start afresh."
         )
-    ignored = {"data_dir", "cache_dir", "output_dir"}  # where things live, not what runs
+    ignored = {"data_dir", "cache_dir", "output_dir", "device"}  # where things live and run, not what runs
     # A field added since the checkpoint was written is unchanged if it holds the value runs had before it.
     before = {k: v for k, v in LEGACY_PROTOCOL.items() if k != "finetune_epochs"}
     saved_config = {**before, **saved["config"]}

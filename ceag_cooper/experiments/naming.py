@@ -41,7 +41,8 @@ these values, so the names (and result files) of those runs stay valid."""
 def run_name(config: ExperimentConfig) -> str:
     """``<task>-<target>-by-<groups>-s<sparsity>-<method>-seed<seed>[-validation]-<hash of the settings>``."""
     groups = "x".join(config.protected)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("data_dir", "cache_dir", "output_dir")}
+    where = ("data_dir", "cache_dir", "output_dir", "device")  # where a run lives and runs, not what it is
+    settings = {k: v for k, v in asdict(config).items() if k not in where}
     if not config.validation:  # added later: left out when off, so earlier run names stay valid
         del settings["validation"]
     if config.uses_heldout:  # their dense model no longer sees the held-out part: new runs

@@ -46,7 +46,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batch
     momenta = [layer.momentum for layer in layers]
     was_training = model.training
     try:
-        update_bn(itertools.islice(batches, max_batches), model)
+        device = next(iter(model.parameters()), torch.empty(0)).device  # batches go where the model is
+        update_bn(itertools.islice(batches, max_batches), model, device=None if device.type == "cpu" else device)
     finally:  # update_bn restores them when it returns; this covers an exception too
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
