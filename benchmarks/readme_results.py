@@ -137,7 +137,7 @@ def generalization_section(results: Path = RESULTS) -> str:
         lines += [
             "",
             f"UTKFace, target race, 5 race groups, 32 px, small CNN, ε = 1 point; accuracy points, mean ± std over "
-            f"seeds ({len(general['cells'])} cells; [table](../benchmarks/results/utk_generalization.md), produced by "
+            f"seeds ({len(general['cells'])} cells; table: `benchmarks/results/utk_generalization.md`, produced by "
             f"`{general['command']}`):",
             "",
             *_generalization_table(general),
