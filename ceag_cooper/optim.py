@@ -112,7 +112,11 @@ def build_optimizer(
         raise ValueError("`proportional_gain` and `ema_nu` are nuPI settings: pass dual_optimizer='nupi' to use them.")
     if problem.constraint_type is None:
         return cooper.optim.UnconstrainedOptimizer(cmp=problem, primal_optimizers=primal_optimizer)
-    if dual_optimizer == "nupi" or decay > 0:  # nuPI with K_P = 0 is SGD; it decays the observed entries
+    multiplier = problem.fairness.multiplier
+    stateless = dual_optimizer == "sgd" and decay == 0
+    if hasattr(multiplier, "dense_gradient"):  # plain SGD: the same update from a dense gradient, cheaper
+        multiplier.dense_gradient = stateless  # (see ceag_cooper.problems.multiplier)
+    if not stateless:  # nuPI with K_P = 0 is SGD; it decays the observed entries
         dual: torch.optim.Optimizer = cooper.optim.nuPI(
             problem.dual_parameters(), lr=float(dual_lr), Kp=gain, Ki=1.0, ema_nu=nu, weight_decay=decay,
             maximize=True,

@@ -285,3 +285,29 @@ def test_auto_dual_lr_is_ten_primal_lrs_over_the_constraints():
     assert two.dual_optimizers[0].param_groups[0]["lr"] == pytest.approx(10 * 0.03 / (2 * REFERENCE.num_groups))
     with pytest.raises(ValueError, match="or 'auto'"):
         build_optimizer(CEAG(reference=REFERENCE, buffer_size=None), primal, dual_lr="fast")
+
+
+def test_plain_sgd_gets_a_dense_multiplier_gradient_and_the_same_trajectory():
+    """Issue #15 item 5: the sparse COO gradient (C entries every step) was most of the cost at 100k groups."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(16, 4), torch.randint(0, 2, (16,)), torch.randint(0, 3, (16,))) for _ in range(6)]
+
+    def run(dense):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(4, 2)
+        problem = CEAG(reference=REFERENCE, tolerance=0.01, buffer_size=2)
+        optimizer = build_optimizer(problem, torch.optim.SGD(model.parameters(), lr=0.1), dual_lr=0.5)
+        assert problem.fairness.multiplier.dense_gradient  # set by build_optimizer for plain SGD
+        problem.fairness.multiplier.dense_gradient = dense
+        for x, y, g in batches:
+            optimizer.roll(compute_cmp_state_kwargs=dict(model=model, inputs=x, targets=y, group_ids=g))
+            assert problem.fairness.multiplier.weight.grad.is_sparse is not dense
+        return problem.multiplier_values, [p.detach().clone() for p in model.parameters()]
+
+    (dense_multipliers, dense_params), (sparse_multipliers, sparse_params) = run(True), run(False)
+    assert bool((dense_multipliers > 0).any())  # the test moves the multipliers
+    assert torch.equal(dense_multipliers, sparse_multipliers)  # bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(dense_params, sparse_params, strict=True))
+    stateful = CEAG(reference=REFERENCE, tolerance=0.01, buffer_size=None)
+    build_optimizer(stateful, torch.optim.SGD(torch.nn.Linear(4, 2).parameters(), lr=0.1), dual_optimizer="nupi")
+    assert not stateful.fairness.multiplier.dense_gradient  # nuPI keeps Cooper's sparse gradient

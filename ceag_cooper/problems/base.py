@@ -21,6 +21,7 @@ from ceag_cooper.metrics.functional import LossFn
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 from ceag_cooper.problems import sync
 from ceag_cooper.problems.estimates import HeldoutBatches, multiplier_statistics
+from ceag_cooper.problems.multiplier import GroupMultiplier
 from ceag_cooper.problems.options import (
     ConstraintEstimate,
     ProblemOptions,
@@ -156,7 +157,7 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         self._ids_checked = False  # whether (N, M) ids were checked for looking like raw attributes
         if self.constraint_type is not None:
             count = self.num_constraints()
-            multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=count, device=self.device)
+            multiplier = GroupMultiplier(num_constraints=count, device=self.device)
             self.fairness = cooper.Constraint(constraint_type=self.constraint_type, multiplier=multiplier)
             self._indices = torch.arange(count, device=self.device)
 
