@@ -4,7 +4,8 @@ Layers: :mod:`~ceag_cooper.problems.statistics` (what a batch says per group),
 :mod:`~ceag_cooper.problems.buffers` (replay buffers and other registered state),
 :mod:`~ceag_cooper.problems.estimates` (the multiplier side: training pass, held-out batches or an
 eval pass), :mod:`~ceag_cooper.problems.options` (the shared options),
-:mod:`~ceag_cooper.problems.state` (registered state), :mod:`~ceag_cooper.problems.sync`
+:mod:`~ceag_cooper.problems.state` (registered state), :mod:`~ceag_cooper.problems.multiplier`
+(the indexed multiplier), :mod:`~ceag_cooper.problems.sync`
 (distributed), :mod:`~ceag_cooper.problems.base` (the Cooper plumbing), then one file per method.
 """
 
