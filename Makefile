@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,plot,progress,images,lightning]"
+	$(PY) -m pip install -q -e ".[dev,plot,progress,images,lightning,huggingface]"
 	touch $@
 
 install: $(VENV)/.installed

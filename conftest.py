@@ -3,4 +3,8 @@
 import importlib.util
 
 # Optional integrations import their framework at module level: without it, skip their doctests.
-collect_ignore_glob = [] if importlib.util.find_spec("lightning") else ["ceag_cooper/integrations/lightning.py"]
+collect_ignore_glob = [
+    f"ceag_cooper/integrations/{module}.py"
+    for module, needs in (("lightning", "lightning"), ("huggingface", "transformers"))
+    if importlib.util.find_spec(needs) is None
+]

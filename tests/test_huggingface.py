@@ -1,0 +1,88 @@
+"""The Hugging Face recipe: a BERT-like classifier built from a config trains under CEAG in a Trainer."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the huggingface extra (transformers) is not installed")
+pytest.importorskip("accelerate", reason="the huggingface extra (accelerate) is not installed")
+
+import ceag_cooper as cc  # noqa: E402
+from ceag_cooper.integrations.huggingface import PROBLEM_STATE_FILE, FairnessTrainer  # noqa: E402
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+def rows(count=96, seed=0):
+    """Token sequences whose label is set by one token; group 1 (a quarter) uses another token."""
+    generator = torch.Generator().manual_seed(seed)
+    data = []
+    for i in range(count):
+        group = int(i % 4 == 0)
+        label = int(torch.rand(1, generator=generator) < 0.5)
+        ids = torch.randint(3, 40, (8,), generator=generator)
+        ids[0] = 1 + label + 2 * group
+        data.append({"input_ids": ids, "attention_mask": torch.ones(8, dtype=torch.long),
+                     "labels": torch.tensor(label), "group_ids": torch.tensor(group)})  # fmt: skip
+    return data
+
+
+def batches(data, size=32):
+    for start in range(0, len(data), size):
+        chunk = data[start : start + size]
+        inputs = {k: torch.stack([r[k] for r in chunk]) for k in ("input_ids", "attention_mask")}
+        yield inputs, torch.stack([r["labels"] for r in chunk]), torch.stack([r["group_ids"] for r in chunk])
+
+
+def arguments(folder, **overrides):
+    settings = {
+        "output_dir": str(folder), "per_device_train_batch_size": 16, "num_train_epochs": 2, "learning_rate": 5e-3,
+        "logging_steps": 1, "save_strategy": "steps", "save_steps": 6, "report_to": [], "use_cpu": True,
+        "remove_unused_columns": False, "seed": 0, "disable_tqdm": True,
+    }  # fmt: skip
+    return transformers.TrainingArguments(**{**settings, **overrides})
+
+
+def test_a_bert_classifier_trains_under_ceag_in_a_trainer_and_resumes(tmp_path):
+    data = rows()
+    model = tiny_bert()
+    reference = cc.evaluate_groups(model, list(batches(data)), groups=2)
+    problem = cc.CEAG(reference=reference, tolerance=0.0, buffer_size=4)
+    trainer = FairnessTrainer(model=model, args=arguments(tmp_path), train_dataset=data, problem=problem,
+                              cooper_kwargs={"dual_lr": 0.5})  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 12  # the Trainer's own stepping counted every step (96 / 16 x 2)
+    moved = problem.multiplier_values
+    assert bool((moved > 0).any())  # the dual step ran inside the Trainer's loop
+    assert problem.num_steps == 12
+    logged = [entry for entry in trainer.state.log_history if "fairness/multiplier_sum" in entry]
+    assert logged
+    checkpoint = tmp_path / "checkpoint-6"
+    saved = torch.load(checkpoint / PROBLEM_STATE_FILE, weights_only=True)
+    # resume from the middle: the problem comes back as it was at step 6, then trains to the end
+    fresh_problem = cc.CEAG(reference=reference, tolerance=0.0, buffer_size=4)
+    again = FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path), train_dataset=data,
+                            problem=fresh_problem, cooper_kwargs={"dual_lr": 0.5})  # fmt: skip
+    original_load = fresh_problem.load_state_dict
+    restored = {}
+
+    def spy(state):
+        original_load(state)
+        restored["multipliers"] = fresh_problem.multiplier_values
+
+    fresh_problem.load_state_dict = spy
+    again.train(resume_from_checkpoint=str(checkpoint))
+    at_step_6 = cc.CEAG(reference=reference, tolerance=0.0, buffer_size=4)
+    at_step_6.load_state_dict(saved["problem"])
+    assert at_step_6.num_steps == 6
+    assert torch.equal(restored["multipliers"], at_step_6.multiplier_values)  # resumed from the checkpoint's
+    assert bool((restored["multipliers"] > 0).any())  # ... which had moved already
+    assert fresh_problem.num_steps == 12  # 6 restored + 6 trained
+    with pytest.raises(ValueError, match="no 'group_ids' column"):
+        FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path / "x"),
+                        train_dataset=[{k: v for k, v in r.items() if k != "group_ids"} for r in data],
+                        problem=cc.CEAG(reference=reference, buffer_size=None)).train()  # fmt: skip
