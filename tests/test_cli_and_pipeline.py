@@ -372,3 +372,17 @@ def test_a_run_on_cuda_matches_the_cpu_run_statistically(tmp_path):
         )
         < 0.05
     )
+
+
+def test_channel_pruning_runs_through_the_cli(tmp_path, capsys):
+    """Issue #17 item 6: --pruning channel (torch-pruning's channels, masked while fine-tuning)."""
+    flags = ["--task", "synthetic", "--model", "mlp", "--width", "8", "--dense-epochs", "2", "--prune-epochs", "1",
+             "--finetune-epochs", "1", "--no-augment", "--method", "ceag", "--sparsity", "0.5"]  # fmt: skip
+    assert main(["prune", *flags, "--pruning", "channel", "--output-dir", str(tmp_path)]) == 0
+    result = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    assert result["config"]["pruning"] == "channel"
+    assert 0.2 < result["sparsity"] < 0.8  # half the hidden channels: their rows and the next layer's columns
+    assert ExperimentConfig(**TINY, pruning="unstructured").run_name() == ExperimentConfig(**TINY).run_name()
+    capsys.readouterr()
+    assert main(["prune", *flags, "--pruning", "heads", "--output-dir", str(tmp_path)]) == 2
+    assert "`pruning` must be one of" in capsys.readouterr().err

@@ -45,6 +45,7 @@ _FINETUNE_FIELDS = {
     "el_form",
     "resolution_z",
     "fit_buffers_to_groups",
+    "pruning",
 }
 _HELP = {
     "task": "utkface, adult, omniglot or synthetic",
@@ -74,6 +75,8 @@ _HELP = {
     "dual_lr": "multiplier step size, or auto: 10 x lr / number of constraints (Cooper's rule for many groups)",
     "resolution_z": "CEAG: per-group tolerance eps + z * SE_g from each group's size (0: one eps for all)",
     "fit_buffers_to_groups": "CEAG: a group smaller than buffer_size gets a buffer of its size",
+    "pruning": "unstructured (weight magnitudes, the paper) or channel (whole channels via torch-pruning; "
+    "--sparsity is then the fraction of channels)",
     "device": "where models train and are evaluated: cpu, cuda, cuda:1, mps (not part of the run name)",
 }
 

@@ -84,6 +84,10 @@ class ExperimentConfig:
     """CEAG: groups smaller than ``buffer_size`` get buffers of their size (``CEAG(fit_buffers_to_groups=...)``)."""
     el_form: str = "signed"
     """Equalized loss: ``"signed"`` (``L_g - L = 0``) or ``"paper"`` (the official code's ``|L_g - L| = 0``)."""
+    pruning: str = "unstructured"
+    """``"unstructured"`` (magnitude masks on weights, the paper) or ``"channel"`` (whole channels chosen
+    by torch-pruning, :class:`ceag_cooper.pruning.ChannelPruner`; ``sparsity`` is then the fraction of
+    channels removed per layer, and the results' ``sparsity`` the resulting fraction of zero weights)."""
     mitigate_during_pruning: bool = False
     subset: int | None = None
     data_dir: str | None = None
@@ -124,6 +128,7 @@ class ExperimentConfig:
             "constraint_estimate": ("train", "eval"),
             "final_iterate": ("last", "feasible_best"),
             "el_form": ("signed", "paper"),
+            "pruning": ("unstructured", "channel"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -21,7 +21,7 @@ from ceag_cooper.metrics import DisparityReport, GroupMetrics, GroupMetricsAccum
 from ceag_cooper.optim import build_optimizer
 from ceag_cooper.problems import GroupFairnessProblem
 from ceag_cooper.progress import progress_bar
-from ceag_cooper.pruning import GradualSchedule, MagnitudePruner, recalibrate_batchnorm
+from ceag_cooper.pruning import ChannelPruner, GradualSchedule, MagnitudePruner, MaskEngine, recalibrate_batchnorm
 from ceag_cooper.selection import FeasibilityMonitor, IterateSelector
 
 __all__ = ["finetune", "iterate_policy", "make_problem", "primal_lr"]
@@ -113,7 +113,7 @@ def finetune(
     progress: bool = True,
     resume: bool = False,
     dense_test: GroupMetrics | None = None,
-) -> tuple[torch.nn.Module, MagnitudePruner, list[dict[str, Any]]]:
+) -> tuple[torch.nn.Module, MaskEngine, list[dict[str, Any]]]:
     """Prune gradually and fine-tune with ``config.method``; returns model, pruner and epoch log.
 
     A checkpoint is written after every epoch (``output_dir/checkpoints/<run>.pt``); with
@@ -135,7 +135,10 @@ def finetune(
         heldout = (list(held.batches(config.batch_size, seed=config.seed)), held_reference, held)
     steps_per_epoch = train.num_batches(config.batch_size)
     schedule = GradualSchedule(config.sparsity, num_updates=config.prune_epochs)
-    pruner = MagnitudePruner(model, schedule=schedule, prune_last_linear=config.model == "mlp")
+    if config.pruning == "channel":  # whole channels via torch-pruning; sparsity is the fraction of channels
+        pruner: MaskEngine = ChannelPruner(model, train.inputs[:2].to(device), schedule=schedule)
+    else:
+        pruner = MagnitudePruner(model, schedule=schedule, prune_last_linear=config.model == "mlp")
     # Pruning updates at the start of epochs 0 .. prune_epochs - 1; the last one starts mitigation.
     start = 0 if config.mitigate_during_pruning else (config.prune_epochs - 1) * steps_per_epoch
     problem = make_problem(config, reference, start, heldout[:2] if heldout is not None else None, spec=task.spec)

@@ -31,6 +31,7 @@ LEGACY_PROTOCOL: dict[str, Any] = {
     "el_form": "signed",
     "resolution_z": 0.0,
     "fit_buffers_to_groups": False,
+    "pruning": "unstructured",
 }
 """The fine-tuning protocol before issue #13 (constant primal LR for 4 epochs, training-mode
 estimates, no margin, SGD dual, last iterate, signed EL): the grids that ran with it set these
