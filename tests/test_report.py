@@ -152,3 +152,26 @@ def test_many_group_figures_show_the_largest_psi_sorted_and_stay_readable(tmp_pa
     assert height < 2200
     with pytest.raises(ValueError, match="top"):
         shown_groups(report.psi, top=0)
+
+
+def test_per_sample_predictions_rebuild_the_group_accuracies_with_pandas():
+    """Issue #17 item 9: export predictions with group ids, so fairlearn's MetricFrame can be built from a run."""
+    pd = pytest.importorskip("pandas")
+    from ceag_cooper import GroupSpec, evaluate_groups
+    from ceag_cooper.metrics import predict_groups
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    spec = GroupSpec([2, 3], mode="intersectional", attribute_names=("a", "b"))
+    data = [(torch.randn(20, 5), torch.randint(0, 3, (20,)), torch.stack([torch.randint(0, 2, (20,)),
+             torch.randint(0, 3, (20,))], dim=1)) for _ in range(3)]  # fmt: skip
+    p = predict_groups(model, data, groups=spec)
+    frame = pd.DataFrame({"correct": p["y_true"] == p["y_pred"], "group": p["group_id"], "name": p["group_name"]})
+    by_group = frame.groupby("group")["correct"].mean()
+    metrics = evaluate_groups(model, data, groups=spec)
+    for g, accuracy in by_group.items():
+        assert metrics.group_accuracy[g].item() == pytest.approx(accuracy)
+    assert len(p["y_true"]) == 60
+    assert frame.groupby("name")["group"].nunique().max() == 1  # names and ids agree
+    with pytest.raises(ValueError, match="no batch"):
+        predict_groups(model, [], groups=spec)

@@ -7,7 +7,7 @@ loader), :mod:`~ceag_cooper.metrics.report` (dense vs sparse: the paper's ψ_g a
 :mod:`~ceag_cooper.metrics.plots` (its figures, readable at hundreds of groups).
 """
 
-from ceag_cooper.metrics.evaluation import call_model, evaluate_groups, model_logits, move_to
+from ceag_cooper.metrics.evaluation import call_model, evaluate_groups, model_logits, move_to, predict_groups
 from ceag_cooper.metrics.functional import (
     LossFn,
     flatten_membership,
@@ -37,5 +37,6 @@ __all__ = [
     "per_sample_loss_and_correct",
     "plot_comparison",
     "plot_report",
+    "predict_groups",
     "weighted_overall",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -12,7 +13,7 @@ from ceag_cooper.metrics.functional import LossFn
 from ceag_cooper.metrics.group_metrics import GroupMetrics, GroupMetricsAccumulator
 from ceag_cooper.progress import progress_bar
 
-__all__ = ["call_model", "evaluate_groups", "model_logits", "move_to"]
+__all__ = ["call_model", "evaluate_groups", "model_logits", "move_to", "predict_groups"]
 
 
 def model_logits(output: object) -> torch.Tensor:
@@ -149,3 +150,52 @@ def evaluate_groups(
         raise ValueError("`loader` yielded no batch: cannot compute group statistics of an empty data set.")
     metrics = accumulator.compute(all_ranks=synchronize)
     return dataclasses.replace(metrics, spec=spec.fingerprint) if spec is not None else metrics
+
+
+@torch.no_grad()
+def predict_groups(model: torch.nn.Module, loader: Iterable, *, groups: GroupSpec | int) -> dict[str, Any]:
+    """Per-sample predictions with their groups, for tools that want them (fairlearn's ``MetricFrame``).
+
+    Args:
+        model: the model (evaluated in eval mode; its mode is restored).
+        loader: iterable of ``(inputs, targets, attributes)`` as for :func:`evaluate_groups`.
+        groups: a :class:`GroupSpec` or the number of groups (then the third element is group ids).
+
+    Returns:
+        ``{"y_true", "y_pred", "group_id"}`` as 1-D numpy arrays (``(N, M)`` memberships give
+        ``group_id`` of shape ``(N, M)``) and ``"group_name"`` (one name per sample, with a
+        :class:`GroupSpec` and one group per sample; else ``None``). For fairlearn:
+        ``MetricFrame(metrics=accuracy_score, y_true=p["y_true"], y_pred=p["y_pred"],
+        sensitive_features=p["group_name"])``.
+
+    Example:
+        >>> import torch
+        >>> data = [(torch.eye(3), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]))]
+        >>> p = predict_groups(torch.nn.Identity(), data, groups=2)
+        >>> p["y_pred"].tolist(), p["group_id"].tolist()
+        ([0, 1, 2], [0, 1, 1])
+    """
+    spec = groups if isinstance(groups, GroupSpec) else None
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    truth, predicted, ids = [], [], []
+    try:
+        for batch in loader:
+            inputs, targets, third = _unpack_batch(batch)
+            third = third.to(device)
+            group_ids = spec.group_ids(third) if spec is not None else third
+            predicted.append(call_model(model, move_to(inputs, device)).argmax(dim=1).cpu())
+            truth.append(targets.cpu())
+            ids.append(group_ids.cpu())
+    finally:
+        model.train(was_training)
+    if not truth:
+        raise ValueError("`loader` yielded no batch: nothing to predict.")
+    group_id = torch.cat(ids).numpy()
+    names = None
+    if spec is not None and group_id.ndim == 1:
+        names = [spec.group_names[int(g)] for g in group_id]
+    return {"y_true": torch.cat(truth).numpy(), "y_pred": torch.cat(predicted).numpy(), "group_id": group_id,
+            "group_name": names}  # fmt: skip
