@@ -307,3 +307,28 @@ def test_adult_many_groups_from_the_real_files():
         assert int(ours[g]) == count
     assert int((ours > 0).sum()) == 156  # every group has training samples (the merges see to it)
     assert int((ours >= 100).sum()) == 91
+
+
+def test_every_data_set_loads_as_train_and_test_through_one_function(tmp_path):
+    """Issue #14: loaders returned one split or two; load_splits returns (train, test) for every data set."""
+    from ceag_cooper.data import DATA_SETS, load_splits, make_group_imbalanced_task
+
+    train, test = load_splits("synthetic", num_samples=500, seed=3)
+    task = make_group_imbalanced_task(500, seed=3)
+    assert torch.equal(torch.cat([train.inputs, test.inputs]), task.inputs)  # the first 80% train, in order
+    assert (len(train), len(test)) == (400, 100)
+    assert set(DATA_SETS) >= {"utkface", "fairface", "adult", "omniglot", "cifar100", "synthetic"}
+    for name in ("utkface", "fairface", "adult", "omniglot", "cifar100"):  # each names where its files go
+        with pytest.raises(FileNotFoundError):
+            load_splits(name, tmp_path)
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        load_splits("mnist")
+
+
+def test_fairface_and_cifar100_are_tasks_of_the_harness(tmp_path):
+    from ceag_cooper.experiments import ExperimentConfig, load_task
+
+    for task in ("fairface", "cifar100"):
+        with pytest.raises(FileNotFoundError):
+            load_task(ExperimentConfig(task=task, data_dir=str(tmp_path), protected=("race",) if task == "fairface"
+                                       else ("coarse",)))  # fmt: skip

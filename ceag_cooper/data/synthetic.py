@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SyntheticGroupTask", "make_group_imbalanced_task"]
+from ceag_cooper.data.base import GroupDataset
+
+__all__ = ["SyntheticGroupTask", "load_synthetic", "make_group_imbalanced_task"]
 
 
 @dataclass
@@ -72,3 +74,28 @@ def make_group_imbalanced_task(
     y = ((x * directions[groups]).sum(1) + 0.5 * torch.sin(3 * x[:, 0]) > 0).long()
     inputs = torch.cat([x, F.one_hot(groups, num_groups).float()], dim=1)
     return SyntheticGroupTask(inputs=inputs, targets=y, attributes=groups.unsqueeze(1), num_groups=num_groups)
+
+
+def load_synthetic(
+    num_samples: int = 4000, *, seed: int = 0, train_fraction: float = 0.8
+) -> tuple[GroupDataset, GroupDataset]:
+    """:func:`make_group_imbalanced_task` as ``(train, test)`` :class:`GroupDataset` s, like every loader.
+
+    The first ``train_fraction`` of the samples train, the rest test; the groups are named
+    ``majority``, ``minority`` and ``rare`` (shares 80/15/5%).
+
+    Example:
+        >>> train, test = load_synthetic(100)
+        >>> len(train), len(test), train.value_names
+        (80, 20, (('majority', 'minority', 'rare'),))
+    """
+    task = make_group_imbalanced_task(num_samples, seed=seed)
+    common = {
+        "attribute_names": ("group",),
+        "value_names": (("majority", "minority", "rare"),),
+        "class_names": ("0", "1"),
+    }
+    cut = int(train_fraction * num_samples)
+    train = GroupDataset(task.inputs[:cut], task.targets[:cut], task.attributes[:cut], name="synthetic-train", **common)
+    test = GroupDataset(task.inputs[cut:], task.targets[cut:], task.attributes[cut:], name="synthetic-test", **common)
+    return train, test

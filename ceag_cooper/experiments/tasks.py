@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ceag_cooper.data import GroupDataset, load_adult, load_omniglot, load_utkface, make_group_imbalanced_task
+from ceag_cooper.data import GroupDataset, load_splits
 from ceag_cooper.experiments.config import HELDOUT_FRACTION, VALIDATION_SEED
 from ceag_cooper.groups import GroupSpec
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TASKS", "Task", "data_fingerprint", "heldout_split", "load_task"]
 
-TASKS = ("utkface", "adult", "omniglot", "synthetic")
+TASKS = ("utkface", "fairface", "adult", "omniglot", "cifar100", "synthetic")
 """The data sets :func:`load_task` knows."""
 
 
@@ -31,29 +31,27 @@ class Task:
     input_shape: tuple[int, ...] = field(default_factory=tuple)
 
 
+def _loader_options(config: ExperimentConfig) -> dict[str, Any]:
+    """What ``config`` asks of its data set's loader (see :func:`ceag_cooper.data.load_splits`)."""
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose among {', '.join(TASKS)}.")
+    if config.task in ("utkface", "fairface"):
+        options: dict[str, Any] = {"target": config.target, "protected": config.protected, "size": config.image_size}
+        if config.task == "utkface":
+            options["cache_dir"] = config.cache_dir
+        return options
+    if config.task == "adult":
+        return {"protected": config.protected}
+    if config.task == "omniglot":
+        return {"size": config.image_size, "groups": config.protected[0]}
+    if config.task == "cifar100":
+        return {"groups": config.protected[0]}
+    return {"seed": config.seed}  # synthetic
+
+
 def load_task(config: ExperimentConfig) -> Task:
     """Load the train and test splits of ``config.task`` and the group specification."""
-    if config.task == "utkface":
-        kwargs = {"target": config.target, "protected": config.protected, "size": config.image_size}
-        kwargs.update(data_dir=config.data_dir, cache_dir=config.cache_dir)
-        train, test = load_utkface(split="train", **kwargs), load_utkface(split="test", progress=False, **kwargs)
-    elif config.task == "adult":
-        train, test = load_adult(config.data_dir, protected=config.protected)
-    elif config.task == "omniglot":
-        train, test = load_omniglot(config.data_dir, size=config.image_size, groups=config.protected[0])
-    elif config.task == "synthetic":
-        task = make_group_imbalanced_task(4000, seed=config.seed)
-        names = (("majority", "minority", "rare"),)
-        common = {"attribute_names": ("group",), "value_names": names, "class_names": ("0", "1")}
-        split = 3200
-        train = GroupDataset(
-            task.inputs[:split], task.targets[:split], task.attributes[:split], name="synthetic-train", **common
-        )
-        test = GroupDataset(
-            task.inputs[split:], task.targets[split:], task.attributes[split:], name="synthetic-test", **common
-        )
-    else:
-        raise ValueError(f"unknown task {config.task!r}; choose among {', '.join(TASKS)}.")
+    train, test = load_splits(config.task, config.data_dir, **_loader_options(config))
     if config.subset is not None:
         gen = torch.Generator().manual_seed(0)
         train = train.subset(torch.randperm(len(train), generator=gen)[: config.subset])
