@@ -31,6 +31,10 @@ class ReplayBufferStore(torch.nn.Module):
             group). A group with fewer training samples than ``k`` would hold repeats of its own
             samples spanning several epochs; with ``k_g`` = its size, a full buffer holds each of
             its samples once (its exact whole-group estimate from the latest pass).
+        running_sums: keep each group's sum up to date on every write (float64) instead of summing
+            the ``(G, k)`` ring at each query: O(batch) instead of O(G k) per step, for many groups.
+            Exact, and means bit-identical to the ring's, for 0/1 values (CEAG's accuracies); for
+            general values (losses) the two sums may differ in the last bit, so leave it off there.
 
     Example:
         >>> import torch
@@ -53,6 +57,7 @@ class ReplayBufferStore(torch.nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         group_capacity: torch.Tensor | None = None,
+        running_sums: bool = False,
     ) -> None:
         super().__init__()
         self.num_groups = check_positive_int(num_groups, "num_groups")
@@ -74,6 +79,9 @@ class ReplayBufferStore(torch.nn.Module):
         self.register_buffer("ring", torch.zeros(self.num_groups, self.capacity + 1, dtype=dtype, device=device))
         # Values ever written per group: the write slot is written % k, the fill min(written, k).
         self.register_buffer("written", torch.zeros(self.num_groups, dtype=torch.long, device=device))
+        # Running sums of the held values (float64: exact for 0/1 values), or None: summed at each query.
+        running = torch.zeros(self.num_groups, dtype=torch.float64, device=device) if running_sums else None
+        self.register_buffer("running", running)
 
     @property
     def device(self) -> torch.device:
@@ -93,6 +101,8 @@ class ReplayBufferStore(torch.nn.Module):
         """Empty every buffer."""
         self.ring.zero_()
         self.written.zero_()
+        if self.running is not None:
+            self.running.zero_()
 
     @torch.no_grad()
     def update(self, group_ids: torch.Tensor, values: torch.Tensor) -> None:
@@ -121,7 +131,11 @@ class ReplayBufferStore(torch.nn.Module):
             own = capacity[sorted_ids]
             kept = position >= (ends - capacity)[sorted_ids]
             slot = torch.where(kept, (position + offset) % own, self.capacity)
-        self.ring.index_put_((sorted_ids, slot), vals[order].to(self.ring.dtype))
+        new = vals[order].to(self.ring.dtype)
+        if self.running is not None:  # add what is written, take out what it overwrites (0 in the spare column)
+            delta = torch.where(kept, new.double() - self.ring[sorted_ids, slot].double(), 0.0)
+            self.running.index_add_(0, sorted_ids, delta)
+        self.ring.index_put_((sorted_ids, slot), new)
         self.written.add_(counts)
 
     def is_full(self) -> torch.Tensor:
@@ -130,6 +144,8 @@ class ReplayBufferStore(torch.nn.Module):
 
     def sums(self) -> torch.Tensor:
         """``(G,)`` sum of the held values of each group."""
+        if self.running is not None:
+            return self.running.to(self.ring.dtype)
         return self.ring[:, : self.capacity].sum(dim=1)
 
     def means(self) -> torch.Tensor:
@@ -173,6 +189,11 @@ class ReplayBufferStore(torch.nn.Module):
                 f"got shape {tuple(written.shape)}, dtype {written.dtype}."
             )
         kept = {"ring": state["ring"], "written": written}
+        if self.running is not None:  # saved without them (running_sums off, or 0.1): summed from the ring
+            running = state.get("running")
+            if running is None or tuple(running.shape) != (self.num_groups,):
+                running = state["ring"][:, : self.capacity].sum(dim=1, dtype=torch.float64)
+            kept["running"] = running
         if self.group_capacity is not None:
             saved = state.get("group_capacity")
             if saved is None or not torch.equal(saved.to(self.group_capacity.device), self.group_capacity):

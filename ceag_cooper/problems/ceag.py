@@ -151,7 +151,10 @@ class CEAG(GroupFairnessProblem):
             sizes = self.strict_reference.group_count.round().long()
             capacity = sizes.clamp(min=1, max=buffer_size)
         store = (
-            ReplayBufferStore(self.num_groups, buffer_size, device=self.device, group_capacity=capacity)
+            # 0/1 accuracies: running sums are exact (and O(batch) per step instead of O(G k))
+            ReplayBufferStore(
+                self.num_groups, buffer_size, device=self.device, group_capacity=capacity, running_sums=True
+            )
             if buffer_size
             else None
         )
