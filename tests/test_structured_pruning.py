@@ -136,3 +136,73 @@ def test_finalize_refuses_a_removal_that_changes_the_outputs(monkeypatch):
         pruner.finalize()
     assert not pruner.finalized
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # left masked and unchanged
+
+
+class _HeadAttention(nn.Module):
+    """Self-attention that reshapes q, k, v into heads of a fixed size (as ViT / BERT code does)."""
+
+    def __init__(self, width=16, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        weights = torch.softmax(torch.einsum("bthd,bshd->bhts", q, k) / (d // self.heads) ** 0.5, dim=-1)
+        return self.out(torch.einsum("bhts,bshd->bthd", weights, v).reshape(b, t, d))
+
+
+class _TinyViT(nn.Module):
+    def __init__(self, attention="mha"):
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True) if attention == "mha" else _HeadAttention()
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        z = self.embed(x)
+        z = z + (self.attn(z, z, z, need_weights=False)[0] if isinstance(self.attn, nn.MultiheadAttention)
+                 else self.attn(z))  # fmt: skip
+        return self.head((z + self.mlp(z)).mean(1))
+
+
+def test_attention_blocks_are_refused_or_pruned_exactly():
+    """Issue #17 items 1-2: ViT-style blocks either finalize to the masked model or refuse clearly."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 6)
+    with pytest.raises(ValueError, match=r"'attn' \(MultiheadAttention\) is coupled to pruned channels"):
+        ChannelPruner(_TinyViT(), x, schedule=OneShotSchedule(0.5)).step(0)
+    # The residual stream kept whole: the MLP's hidden channels go, and finalized == masked.
+    model = _TinyViT()
+    pruner = ChannelPruner(model, x, schedule=OneShotSchedule(0.5), ignored_layers=["embed", "attn", "head"])
+    pruner.step(0)
+    masked = model.eval()(x)
+    small = pruner.finalize()
+    assert small.mlp[0].out_features == 16
+    assert (small(x) - masked).abs().max().item() <= 1e-5
+    # Heads reshaped from a pruned projection: a clear refusal, with the masks left as they were.
+    model = _TinyViT("heads")
+    pruner = ChannelPruner(model, x, schedule=OneShotSchedule(0.5), ignored_layers=["embed", "head", "attn.out"])
+    before = model.eval()(x)
+    with pytest.raises(ValueError, match=r"could not choose channels in _TinyViT \(IndexError"):
+        pruner.step(0)
+    assert torch.equal(model(x), before)
+    assert pruner.measured_sparsity() == 0.0
+    with pytest.raises(ValueError, match="may not set"):
+        ChannelPruner(_TinyViT(), x, schedule=OneShotSchedule(0.5), pruning_options={"pruning_ratio": 0.3})
+
+
+def test_bert_from_a_config_is_refused_clearly():
+    transformers = pytest.importorskip("transformers", reason="the huggingface extra is not installed")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)  # fmt: skip
+    model = transformers.BertForSequenceClassification(config).eval()
+    x = {"input_ids": torch.randint(0, 40, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    with pytest.raises(ValueError, match="LayerNorm"):
+        ChannelPruner(model, x, schedule=OneShotSchedule(0.5)).step(0)
+    pruner = ChannelPruner(model, x, schedule=OneShotSchedule(0.5), ignored_layers=["bert.embeddings.word_embeddings"])
+    pruner.step(0)
+    with pytest.raises(ValueError, match="breaks the model's forward pass"):
+        pruner.finalize()

@@ -64,6 +64,9 @@ class ChannelPruner(MaskEngine):
         global_pruning: rank channels across layers instead of within each layer.
         max_layer_sparsity: with ``global_pruning``, the largest channel fraction removed from
             any one layer.
+        pruning_options: more keyword arguments for torch-pruning's ``MetaPruner`` (e.g.
+            ``num_heads``, ``unwrapped_parameters``, ``round_to``, ``customized_pruners``), for
+            architectures its defaults do not cover; :meth:`finalize` still checks the result.
 
     Example:
         >>> from ceag_cooper.pruning import OneShotSchedule
@@ -87,6 +90,7 @@ class ChannelPruner(MaskEngine):
         ignored_layers: Sequence[str] | None = None,
         global_pruning: bool = False,
         max_layer_sparsity: float = 0.95,
+        pruning_options: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(schedule, SparsitySchedule):
             raise TypeError(f"`schedule` must be a SparsitySchedule, got {type(schedule).__name__}.")
@@ -113,6 +117,13 @@ class ChannelPruner(MaskEngine):
         self.ignored_layers = list(ignored_layers)
         self.global_pruning = global_pruning
         self.max_layer_sparsity = max_layer_sparsity
+        self.pruning_options = dict(pruning_options or {})
+        reserved = {"importance", "pruning_ratio", "global_pruning", "max_pruning_ratio", "ignored_layers"}
+        if reserved & set(self.pruning_options):
+            raise ValueError(
+                f"`pruning_options` may not set {sorted(reserved & set(self.pruning_options))}: they are this "
+                "pruner's own arguments (importance, schedule, global_pruning, max_layer_sparsity, ignored_layers)."
+            )
         self.current_step: int | None = None
         self.sparsity = 0.0
         self._applied_target = 0.0
@@ -148,13 +159,15 @@ class ChannelPruner(MaskEngine):
                 global_pruning=self.global_pruning,
                 max_pruning_ratio=self.max_layer_sparsity,
                 ignored_layers=[modules[n] for n in self.ignored_layers],
+                **self.pruning_options,
             )
         except Exception as error:
             raise self._untraceable(error) from error
 
-    def _mask_item(self, module: nn.Module, handler: Any, idxs: list[int], graph: tp.DependencyGraph) -> None:
+    def _check_item(self, module: nn.Module) -> bool:
+        """Whether ``module`` has weights to mask; raises for a layer that masking cannot prune exactly."""
         if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
-            return  # reshapes, additions, concatenations: nothing to mask
+            return False  # reshapes, additions, concatenations: nothing to mask
         name = self._module_names.get(module, type(module).__name__)
         if isinstance(module, _CHANNEL_MIXING):
             raise ValueError(
@@ -171,6 +184,12 @@ class ChannelPruner(MaskEngine):
                 f"layer {name!r} ({type(module).__name__}) is coupled to pruned channels but cannot be masked here; "
                 f"add it to `ignored_layers` or use unstructured MagnitudePruner."
             )
+        return True
+
+    def _mask_item(self, module: nn.Module, handler: Any, idxs: list[int], graph: tp.DependencyGraph) -> None:
+        if not self._check_item(module):
+            return
+        name = self._module_names.get(module, type(module).__name__)
         out = graph.is_out_channel_pruning_fn(handler)
         depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
         for param_name, param in module.named_parameters(recurse=False):
@@ -196,12 +215,25 @@ class ChannelPruner(MaskEngine):
             raise RuntimeError("the model was finalized: its channels are already removed.")
         check_sparsity(sparsity)
         pruner = self._meta_pruner(sparsity)
-        for group in pruner.step(interactive=True):
-            root = group[0].dep.target.module
-            root_idxs = tp._helpers.to_plain_idxs(group[0].idxs)
+        try:  # every group first, then the checks, then the masks: a refusal leaves the masks as they were
+            groups = [
+                [(dep.target.module, dep.handler, tp._helpers.to_plain_idxs(idxs)) for dep, idxs in group]
+                for group in pruner.step(interactive=True)
+            ]
+        except Exception as error:  # torch-pruning could not group this model's channels
+            raise ValueError(
+                f"torch-pruning could not choose channels in {type(self.model).__name__} ({type(error).__name__}: "
+                f"{error}); layers that reshape their channels (attention heads, typically) need `ignored_layers` "
+                "or torch-pruning's settings through `pruning_options`; or prune with unstructured MagnitudePruner."
+            ) from error
+        for items in groups:
+            for module, _, _ in items:
+                self._check_item(module)
+        for items in groups:
+            root, _, root_idxs = items[0]
             self._pruned.setdefault(self._module_names[root], set()).update(int(i) for i in root_idxs)
-            for dep, idxs in group:
-                self._mask_item(dep.target.module, dep.handler, tp._helpers.to_plain_idxs(idxs), pruner.DG)
+            for module, handler, idxs in items:
+                self._mask_item(module, handler, idxs, pruner.DG)
         self.apply_masks()
         self.sparsity = self.channel_sparsity()
         return self.sparsity
@@ -224,8 +256,17 @@ class ChannelPruner(MaskEngine):
         self.apply_masks()
         masked = _outputs(self.model, self.example_inputs)
         trial = copy.deepcopy(self.model)  # removed on a copy first: a mismatch leaves the model as it was
-        self._remove_channels(trial)
-        difference = _max_difference(masked, _outputs(trial, self.example_inputs))
+        try:
+            self._remove_channels(trial)
+            shrunk = _outputs(trial, self.example_inputs)
+        except Exception as error:  # e.g. attention that reshapes q/k/v into heads of a fixed size
+            raise ValueError(
+                f"removing the masked channels breaks the model's forward pass ({type(error).__name__}: {error}): a "
+                "layer reshapes them into a fixed shape (attention heads, typically). The model is left masked and "
+                "unchanged; add the attention projections to `ignored_layers`, pass torch-pruning's head settings "
+                "through `pruning_options` (e.g. {'num_heads': {...}}), or prune with unstructured MagnitudePruner."
+            ) from error
+        difference = _max_difference(masked, shrunk)
         scale = max(1.0, max((float(t.abs().max()) for t in masked if t.numel()), default=1.0))
         if not difference <= FINALIZE_TOLERANCE * scale:
             raise ValueError(
