@@ -9,7 +9,8 @@ Modules: :mod:`~ceag_cooper.experiments.config` (:class:`ExperimentConfig`),
 :mod:`~ceag_cooper.experiments.registry` (the methods), :mod:`~ceag_cooper.experiments.tasks`
 (data), :mod:`~ceag_cooper.experiments.dense`, :mod:`~ceag_cooper.experiments.finetuning`,
 :mod:`~ceag_cooper.experiments.run`, :mod:`~ceag_cooper.experiments.naming` (run names),
-:mod:`~ceag_cooper.experiments.provenance`, :mod:`~ceag_cooper.experiments.cli`.
+:mod:`~ceag_cooper.experiments.provenance`, :mod:`~ceag_cooper.experiments.results` (results files,
+their tables and settings files), :mod:`~ceag_cooper.experiments.cli`.
 """
 
 from ceag_cooper.experiments.config import (
