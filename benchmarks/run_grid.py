@@ -32,6 +32,7 @@ from ceag_cooper.experiments import (
     ExperimentConfig,
     data_fingerprint,
     load_task,
+    portable_path,
     run_experiment,
 )
 
@@ -383,7 +384,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         args.output.mkdir(parents=True, exist_ok=True)
         rows = aggregate(results)
         kept = ("run", "config", "sparsity", "reports", "log", "timings_s")
-        payload = {"grid": args.grid, "command": command, "settings": asdict(configs[0]), "rows": rows}
+        payload = {
+            "grid": args.grid,
+            "command": command,
+            "settings": {**asdict(configs[0]), "output_dir": portable_path(configs[0].output_dir)},
+            "rows": rows,
+        }
         payload["cells"] = [{k: r[k] for k in kept} for r in results]
         payload["failed"] = failed
         (args.output / f"{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
