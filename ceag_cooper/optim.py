@@ -56,6 +56,11 @@ def build_optimizer(
     multiplier then stays bounded by ``max_violation / dual_weight_decay`` (a "resilient"
     constraint; a group whose estimate is pure noise cannot accumulate an ever-growing multiplier).
 
+    With plain SGD (no decay) the problem's multiplier is switched to a dense gradient (the same
+    update, cheaper with many constraints; see :mod:`ceag_cooper.problems.multiplier`); with nuPI
+    it keeps Cooper's sparse one. The setting belongs to the problem, so the last
+    ``build_optimizer`` call for a problem decides it.
+
     ``order="dual_primal"`` (default, as the paper) updates the
     multipliers first and then the model with the new multipliers, from one forward pass;
     ``"simultaneous"`` uses the old multipliers for the model step. An unconstrained problem

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ceag_cooper.experiments import ExperimentConfig, load_task, run_experiment
-from ceag_cooper.experiments.cli import results_table
+from ceag_cooper.experiments.results import results_table
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

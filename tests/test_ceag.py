@@ -212,6 +212,7 @@ def test_per_group_tolerances_from_group_sizes_by_hand():
         smoothed = (n * p + 1) / (n + 2)
         expected.append(EPS + 2.0 * math.sqrt(smoothed * (1 - smoothed) / n))
     assert problem.group_tolerance.tolist() == pytest.approx(expected, rel=1e-6)
+    assert problem.group_target is problem.group_target  # a constant, computed once
     plain = CEAG(reference=REFERENCE, tolerance=EPS, buffer_size=None)
     got, _, _ = strict(problem, BATCH_IDS, BATCH_CORRECT)
     base, _, _ = strict(plain, BATCH_IDS, BATCH_CORRECT)
@@ -220,7 +221,11 @@ def test_per_group_tolerances_from_group_sizes_by_hand():
         [EPS - t for t in expected[:2]], abs=1e-6
     )
     assert problem.config()["resolution_z"] == 2.0
-    assert "resolution_z" not in plain.config()  # 0.1 checkpoints (without the key) still load
+    old = plain.state_dict()  # as 0.1 wrote it: no key for the options added since
+    old["config"] = {k: v for k, v in old["config"].items() if k not in ("resolution_z", "fit_buffers_to_groups")}
+    CEAG(reference=REFERENCE, tolerance=EPS, buffer_size=None).load_state_dict(old)  # read as their old values
+    with pytest.raises(ValueError, match="config"):
+        problem.load_state_dict(old)  # resolution_z=2 is not what a checkpoint without the key implies
     two = cc_two_sided(resolution_z=2.0)
     state = two.compute_cmp_state(logits=logits_for(BATCH_CORRECT), targets=torch.zeros(6, dtype=torch.long),
                                   group_ids=torch.tensor(BATCH_IDS))  # fmt: skip

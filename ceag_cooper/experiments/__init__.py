@@ -1,6 +1,6 @@
 """The experiment harness: the paper's pipeline on real data, built on the core library.
 
-``train dense -> (cache) -> gradual magnitude pruning -> fine-tune with a registered method ->
+``train dense -> (cache) -> gradual pruning (magnitude or channels) -> fine-tune with a registered method ->
 evaluate on train and test -> DisparityReport -> results JSON``. Used by the CLI, the examples
 and the benchmarks. The core (:mod:`ceag_cooper.problems`, :mod:`~ceag_cooper.metrics`, ...)
 never imports this package (a test checks it).

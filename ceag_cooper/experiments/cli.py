@@ -29,7 +29,7 @@ from ceag_cooper.experiments.results import (
     write_report,
 )
 
-__all__ = ["config_file_values", "main", "results_table"]
+__all__ = ["build_parser", "main"]
 
 _FINETUNE_FIELDS = {
     "sparsity",
@@ -54,11 +54,11 @@ _FINETUNE_FIELDS = {
     "pruning",
 }
 _HELP = {
-    "task": "utkface, adult, omniglot or synthetic",
+    "task": "utkface, fairface, adult, omniglot, cifar100 or synthetic",
     "target": "target attribute (utkface: race, gender, age_bucket)",
     "protected": "protected attribute(s) defining the groups",
     "group_mode": "intersectional (product of values) or marginal",
-    "model": "small_cnn, resnet20, resnet56, mlp, or (with torchvision) mobilenet_v2, resnet18",
+    "model": "small_cnn, resnet20, resnet56, mlp, (with torchvision) mobilenet_v2, resnet18, or package.module:factory",
     "method": f"fine-tuning method: {', '.join(METHODS)}",
     "tolerance": "epsilon, as a fraction (0.01 = one accuracy point)",
     "buffer_size": "replay buffer length k per group",

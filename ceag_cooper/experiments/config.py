@@ -25,7 +25,6 @@ DENSE_FIELDS = (
     "task", "target", "image_size", "model", "width", "seed", "batch_size",
     "dense_epochs", "dense_lr", "weight_decay", "augment", "subset",
 )  # fmt: skip
-
 """The fields that determine the dense model (its checkpoint is shared by every cell that agrees on them)."""
 
 

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from ceag_cooper._atomic import atomic_write
 from ceag_cooper.checkpoint import CheckpointError
-from ceag_cooper.experiments.config import DENSE_FIELDS as _DENSE_FIELDS  # the name train_dense's hashed source uses
-from ceag_cooper.experiments.config import HELDOUT_FRACTION, ExperimentConfig
+from ceag_cooper.experiments.config import DENSE_FIELDS, HELDOUT_FRACTION, ExperimentConfig
 from ceag_cooper.experiments.provenance import code_version
 from ceag_cooper.experiments.tasks import Task, heldout_split
 from ceag_cooper.models import MLP, SmallCNN, cifar_resnet
@@ -29,7 +28,7 @@ __all__ = ["augment", "build_model", "dense_code_fingerprint", "dense_key", "tra
 
 def dense_key(config: ExperimentConfig) -> str:
     """Hash of the fields that determine the dense model, and of the code that trains it."""
-    fields_ = {k: getattr(config, k) for k in _DENSE_FIELDS}
+    fields_ = {k: getattr(config, k) for k in DENSE_FIELDS}
     if config.validation:  # only when on: keys of earlier runs stay valid
         fields_["validation"] = True
     if config.uses_heldout:  # trained without the held-out part (see `train_dense`)
@@ -45,14 +44,14 @@ def dense_code_fingerprint() -> str:
 
     The models, the data loaders, and the functions of this module that build, augment and train
     it. Part of :func:`dense_key`, so a cached dense model is reused across commits only while that
-    code is unchanged (the functions' source text is hashed, so moving them keeps the key).
+    code is unchanged (the functions' source text is hashed).
     """
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted([*(package / "models").glob("*.py"), *(package / "data").glob("*.py")]):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    for function in (build_model, _user_model, _augment, train_dense):
+    for function in (build_model, _user_model, augment, train_dense):
         digest.update(inspect.getsource(function).encode())
     return digest.hexdigest()[:12]
 
@@ -105,7 +104,7 @@ def _user_model(spec: str, classes: int, input_shape: tuple[int, ...]) -> torch.
     return model
 
 
-def _augment(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips of image batches."""
     if inputs.dim() != 4:
         return inputs
@@ -119,7 +118,7 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
     Returns:
         ``(model, checkpoint_path, reused)``.
     """
-    path = Path(config.output_dir) / "dense" / f"{config.task}-{config.model}-seed{config.seed}-{config.dense_key()}.pt"
+    path = Path(config.output_dir) / "dense" / f"{config.task}-{config.model}-seed{config.seed}-{dense_key(config)}.pt"
     if config.uses_heldout:
         # The held-out part must be unseen by the dense model too: its reference accuracies on data
         # it was trained on are inflated, most for small groups, which then look violated forever.
@@ -127,7 +126,7 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     model = build_model(config, task)
-    dense_config = {k: getattr(config, k) for k in _DENSE_FIELDS}
+    dense_config = {k: getattr(config, k) for k in DENSE_FIELDS}
     data = task.train.fingerprint()
     if path.exists():
         model.load_state_dict(_load_dense(path, dense_config, data))
@@ -143,7 +142,7 @@ def train_dense(config: ExperimentConfig, task: Task, *, progress: bool = True) 
     epochs = range(config.dense_epochs)
     for epoch in progress_bar(epochs, description="dense training") if progress else epochs:
         for x, y, _ in task.train.batches(config.batch_size, seed=config.seed * 1000 + epoch):
-            x = _augment(x, generator) if config.augment else x  # on the CPU: the generator's device
+            x = augment(x, generator) if config.augment else x  # on the CPU: the generator's device
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x.to(device)), y.to(device)).backward()
             optimizer.step()
@@ -178,7 +177,3 @@ def _load_dense(path: Path, dense_config: dict[str, Any], data: str) -> dict[str
             f"{data}): the data set changed since. Delete it (it is trained again) or choose another output_dir."
         )
     return state
-
-
-augment = _augment
-"""Random horizontal flips of image batches (the training augmentation of dense training and fine-tuning)."""

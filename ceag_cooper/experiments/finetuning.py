@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from ceag_cooper.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ceag_cooper.experiments.config import LEGACY_PROTOCOL, ExperimentConfig
+from ceag_cooper.experiments.config import ExperimentConfig
 from ceag_cooper.experiments.dense import augment
+from ceag_cooper.experiments.naming import ADDED_FIELDS, PLACEMENT_FIELDS
 from ceag_cooper.experiments.registry import get_method
 from ceag_cooper.experiments.tasks import Task, data_fingerprint, heldout_split
 from ceag_cooper.groups import GroupSpec
@@ -172,16 +173,16 @@ def finetune(
         for group in primal.param_groups:
             group["lr"] = lr
         sparsity = pruner.step(epoch + 1)
-        running = GroupMetricsAccumulator(reference.num_groups)
+        running = GroupMetricsAccumulator(reference.num_groups, device=device)  # no host copy per step
         model.train()
         started = time.perf_counter()
         for x, y, a in train.batches(config.batch_size, seed=config.seed * 1000 + 500 + epoch):
-            clean = x
-            x = augment(x, generator) if config.augment else x  # on the CPU: the generator's device
+            clean = x.to(device)
+            x = augment(x, generator).to(device) if config.augment else clean  # augmented on the CPU generator
             ids = task.spec.group_ids(a)
-            kwargs = {"model": model, "inputs": x.to(device), "targets": y.to(device), "group_ids": ids.to(device)}
+            kwargs = {"model": model, "inputs": x, "targets": y.to(device), "group_ids": ids.to(device)}
             if problem.constraint_estimate == "eval":
-                kwargs["estimate_inputs"] = clean.to(device)
+                kwargs["estimate_inputs"] = clean
             rollout = optimizer.roll(compute_cmp_state_kwargs=kwargs)
             stats = rollout.cmp_state.misc["stats"]
             running.update_from_values(stats.per_sample_loss.detach(), stats.per_sample_correct, stats.group_ids)
@@ -264,12 +265,10 @@ def _check_same_run(path: Path, saved: dict[str, Any] | None, current: dict[str,
             f"{path} was written for other data (fingerprint {saved['data']}, now {current['data']}); "
             "resume needs the same data set: delete the checkpoint to start afresh."
         )
-    ignored = {"data_dir", "cache_dir", "output_dir", "device"}  # where things live and run, not what runs
     # A field added since the checkpoint was written is unchanged if it holds the value runs had before it.
-    before = {k: v for k, v in LEGACY_PROTOCOL.items() if k != "finetune_epochs"}
-    saved_config = {**before, **saved["config"]}
+    saved_config = {**ADDED_FIELDS, **saved["config"]}
     changed = sorted(
-        k for k in current["config"] if k not in ignored and json.dumps(saved_config.get(k), default=list)
+        k for k in current["config"] if k not in PLACEMENT_FIELDS and json.dumps(saved_config.get(k), default=list)
         != json.dumps(current["config"][k], default=list)
     )  # fmt: skip
     if changed:

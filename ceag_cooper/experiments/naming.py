@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ceag_cooper.experiments.config import ExperimentConfig
 
-__all__ = ["LEGACY_PROTOCOL", "run_name"]
+__all__ = ["ADDED_FIELDS", "LEGACY_PROTOCOL", "PLACEMENT_FIELDS", "run_name"]
 
-LEGACY_PROTOCOL: dict[str, Any] = {
-    "finetune_epochs": 4,
+PLACEMENT_FIELDS = ("data_dir", "cache_dir", "output_dir", "device")
+"""Fields that say where a run's files live and where it runs, not what it is: left out of run names,
+of the resume check, and of settings read back from another machine's results."""
+
+ADDED_FIELDS: dict[str, Any] = {
     "lr_milestones": (),
     "constraint_estimate": "train",
     "margin": 0.0,
@@ -33,23 +36,24 @@ LEGACY_PROTOCOL: dict[str, Any] = {
     "fit_buffers_to_groups": False,
     "pruning": "unstructured",
 }
+"""Config fields added after runs were committed, with the value those runs had: at that value a
+field is left out of :func:`run_name` (their names and result files stay valid), and a checkpoint
+written before the field existed is read as holding it (resume)."""
+LEGACY_PROTOCOL: dict[str, Any] = {"finetune_epochs": 4, **ADDED_FIELDS}
 """The fine-tuning protocol before issue #13 (constant primal LR for 4 epochs, training-mode
-estimates, no margin, SGD dual, last iterate, signed EL): the grids that ran with it set these
-values. Fields added since then are left out of :meth:`ExperimentConfig.run_name` when they hold
-these values, so the names (and result files) of those runs stay valid."""
+estimates, no margin, SGD dual, last iterate, signed EL): the grids that ran with it set these values."""
 
 
 def run_name(config: ExperimentConfig) -> str:
     """``<task>-<target>-by-<groups>-s<sparsity>-<method>-seed<seed>[-validation]-<hash of the settings>``."""
     groups = "x".join(config.protected)
-    where = ("data_dir", "cache_dir", "output_dir", "device")  # where a run lives and runs, not what it is
-    settings = {k: v for k, v in asdict(config).items() if k not in where}
+    settings = {k: v for k, v in asdict(config).items() if k not in PLACEMENT_FIELDS}
     if not config.validation:  # added later: left out when off, so earlier run names stay valid
         del settings["validation"]
     if config.uses_heldout:  # their dense model no longer sees the held-out part: new runs
         settings["dense_without_heldout"] = True
-    for key, legacy in LEGACY_PROTOCOL.items():  # fields added later: left out at their old value
-        if key != "finetune_epochs" and settings[key] == legacy:
+    for key, old in ADDED_FIELDS.items():  # fields added later: left out at their old value
+        if settings[key] == old:
             del settings[key]
     if not config.lr_milestones:  # the old constant-LR runs had no schedule fields at all
         del settings["lr_gamma"]

@@ -69,12 +69,10 @@ def get_method(name: str) -> Method:
 
 
 def _ceag_options(config: ExperimentConfig, reference: GroupMetrics, start: int) -> dict[str, Any]:
-    options = {"reference": reference, "tolerance": config.tolerance, "margin": config.margin, "start_step": start}
-    if config.resolution_z:  # options added in 0.2, passed only when set (the problem's config then names them)
-        options["resolution_z"] = config.resolution_z
-    if config.fit_buffers_to_groups:
-        options["fit_buffers_to_groups"] = True
-    return options
+    return {
+        "reference": reference, "tolerance": config.tolerance, "margin": config.margin, "start_step": start,
+        "resolution_z": config.resolution_z, "fit_buffers_to_groups": config.fit_buffers_to_groups,
+    }  # fmt: skip
 
 
 def _nft(config: ExperimentConfig, reference: GroupMetrics, start: int, options: dict[str, Any]) -> Unconstrained:

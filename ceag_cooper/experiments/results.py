@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ceag_cooper.experiments.config import ExperimentConfig
+from ceag_cooper.experiments.naming import PLACEMENT_FIELDS
 from ceag_cooper.metrics import DisparityReport, plot_comparison
 
 __all__ = ["SYNTHETIC_DEMO", "config_file_values", "read_results", "results_table", "write_report"]
@@ -114,5 +115,5 @@ def config_file_values(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config {path}: unknown settings {unknown}; known: {sorted(known)}.")
     values = {k: v for k, v in values.items() if k in known}
     if from_results:
-        values = {k: v for k, v in values.items() if k not in ("data_dir", "cache_dir")}
+        values = {k: v for k, v in values.items() if k not in set(PLACEMENT_FIELDS) - {"output_dir"}}
     return values

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ceag_cooper.data import GroupDataset, load_splits
+from ceag_cooper.data import DATA_SETS, GroupDataset, load_splits
 from ceag_cooper.experiments.config import HELDOUT_FRACTION, VALIDATION_SEED
 from ceag_cooper.groups import GroupSpec
 
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TASKS", "Task", "data_fingerprint", "heldout_split", "load_task"]
 
-TASKS = ("utkface", "fairface", "adult", "omniglot", "cifar100", "synthetic")
-"""The data sets :func:`load_task` knows."""
+TASKS = DATA_SETS
+"""The data sets :func:`load_task` knows: every one :func:`ceag_cooper.data.load_splits` loads."""
 
 
 @dataclass

@@ -6,7 +6,8 @@ Lagrangian. Each training batch (a dict with ``labels`` and a group-id column, d
 paper's order: multipliers first, from the strict violations), and returns the Lagrangian at the
 new multipliers; the Trainer then does what it always does (backward, gradient accumulation and
 clipping, the primal optimizer and scheduler steps, logging, checkpoints). Evaluation batches
-get the plain loss. The problem's state (multipliers, buffers, counters) is saved in every
+get the plain loss (the problem's ``loss_fn``, cross-entropy by default).
+The problem's state (multipliers, buffers, counters) is saved in every
 checkpoint folder as ``ceag_problem.pt`` and restored by ``train(resume_from_checkpoint=...)``.
 
 Models may take dict inputs and return ``.logits`` outputs (``SequenceClassifierOutput``): the
@@ -29,6 +30,7 @@ except ImportError as error:  # pragma: no cover - exercised where transformers 
         "ceag_cooper.integrations.huggingface needs transformers: pip install 'ceag-cooper[huggingface]'"
     ) from error
 
+from ceag_cooper.metrics import call_model, per_sample_loss_and_correct
 from ceag_cooper.optim import build_optimizer
 from ceag_cooper.problems.base import GroupFairnessProblem
 
@@ -97,8 +99,8 @@ class FairnessTrainer(transformers.Trainer):
         group_ids = inputs.pop(self.group_ids_key)
         targets = inputs.pop("labels")
         if not model.training:  # evaluation: no multiplier step, no buffer update
-            logits = model(**inputs).logits
-            loss = torch.nn.functional.cross_entropy(logits, targets)
+            logits = call_model(model, inputs)
+            loss = per_sample_loss_and_correct(logits, targets, self.problem.loss_fn)[0].mean()
             return (loss, {"logits": logits}) if return_outputs else loss
         state = self.problem.compute_cmp_state(model, inputs, targets, group_ids)
         cooper_optimizer = self._cooper_optimizer()

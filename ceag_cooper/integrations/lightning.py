@@ -82,8 +82,11 @@ class FairnessCallback(L.Callback):
         stats = rollout.cmp_state.misc["stats"]
         module.log("train_loss", stats.loss.detach(), prog_bar=True)
         step = module.trainer.global_step
-        values = self.problem.multiplier_values
-        if values is not None and self.log_every_n_steps and step % self.log_every_n_steps == 0:
+        if self.log_every_n_steps and step % self.log_every_n_steps == 0:  # a copy of C values: only when logged
+            values = self.problem.multiplier_values
+        else:
+            values = None
+        if values is not None:
             module.log("fairness/multiplier_sum", values.sum())
             module.log("fairness/multiplier_max", values.max())
             violation = rollout.cmp_state.misc.get("strict_violation")

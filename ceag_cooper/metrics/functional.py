@@ -16,6 +16,7 @@ from ceag_cooper._validation import _assert_values
 
 __all__ = [
     "LossFn",
+    "binomial_standard_error",
     "flatten_membership",
     "group_loss_accuracy",
     "group_means",
@@ -181,3 +182,20 @@ def weighted_overall(values: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
         0.0
     """
     return (weights * values).sum() / weights.sum().clamp(min=torch.finfo(values.dtype).tiny)
+
+
+def binomial_standard_error(accuracy: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    r"""Standard error of accuracies measured on ``count`` samples each, Laplace-smoothed.
+
+    :math:`SE = \sqrt{\tilde p (1 - \tilde p) / n}` with :math:`\tilde p = (n p + 1) / (n + 2)`,
+    so that an accuracy of 0 or 1 does not look exact; nan where ``count`` is 0. Used for the
+    reports' resolvability and for CEAG's per-group tolerances (``resolution_z``).
+
+    Example:
+        >>> import torch
+        >>> [round(v, 4) for v in binomial_standard_error(torch.tensor([0.9, 1.0]), torch.tensor([10000, 8])).tolist()]
+        [0.003, 0.1061]
+    """
+    n = torch.where(count > 0, count.to(accuracy.dtype), torch.nan)
+    smoothed = (n * accuracy + 1.0) / (n + 2.0)
+    return torch.sqrt(smoothed * (1.0 - smoothed) / n)

@@ -129,7 +129,7 @@ def plot_comparison(
     Args:
         reports: method name -> report, all over the same groups.
         path: where the PNG goes.
-        title: figure title (default: each method's max ψ).
+        title: figure title (default: what is drawn; each method's max ψ is in the legend).
         top: above this many groups, draw only the ``top`` groups whose largest ψ_g (over the
             methods) is largest, sorted, as horizontal bars.
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ceag_cooper.metrics.functional import binomial_standard_error
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 
 __all__ = ["DisparityReport"]
@@ -148,19 +150,17 @@ class DisparityReport:
     def standard_error(self) -> np.ndarray:
         r"""``(G,)`` binomial standard error of each group's accuracy at its size in this split.
 
-        :math:`SE_g = \sqrt{\tilde p_g (1 - \tilde p_g) / n_g}` with the dense accuracy smoothed
-        by Laplace's rule, :math:`\tilde p_g = (n_g p_g + 1) / (n_g + 2)`, so that a group whose
-        dense accuracy is 0 or 1 does not look exact (nan for groups absent from the split). A
-        difference of ψ_g smaller than this is not something the split can tell apart from noise.
+        :func:`~ceag_cooper.metrics.functional.binomial_standard_error` of the dense accuracy at the
+        group's count (Laplace-smoothed; nan for groups absent from the split). A difference of ψ_g
+        smaller than this is not something the split can tell apart from noise.
 
         Example:
             >>> r = DisparityReport(["big", "small"], [0.9, 1.0], [0.9, 1.0], [10000, 8], 0.9, 0.9, tolerance=0.01)
             >>> [round(float(se), 4) for se in r.standard_error], r.resolvable.tolist()
             ([0.003, 0.1061], [True, False])
         """
-        n = np.where(self.count > 0, self.count, np.nan)
-        smoothed = (n * self.dense_accuracy + 1.0) / (n + 2.0)
-        return np.sqrt(smoothed * (1.0 - smoothed) / n)
+        accuracy, count = torch.as_tensor(self.dense_accuracy), torch.as_tensor(self.count)
+        return binomial_standard_error(accuracy, count).numpy()
 
     @property
     def resolvable(self) -> np.ndarray | None:

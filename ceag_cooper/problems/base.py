@@ -48,7 +48,8 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
     override :meth:`update_estimates` (called once per batch, before the violations, e.g. to
     feed replay buffers) and :meth:`num_constraints` (default: one per group).
 
-    All constraints share one :class:`cooper.multipliers.IndexedMultiplier`. Every step observes
+    All constraints share one indexed multiplier (:class:`~ceag_cooper.problems.multiplier.GroupMultiplier`,
+    a :class:`cooper.multipliers.IndexedMultiplier`). Every step observes
     all ``C`` constraint indices with fixed shapes; entries a hook marks as unobserved get a
     violation of exactly 0, so their gradient is 0 and their multiplier is left unchanged by
     plain SGD. This keeps the step free of data-dependent shapes and host syncs.
@@ -104,6 +105,10 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
 
     constraint_type: ClassVar[cooper.ConstraintType | None] = cooper.ConstraintType.INEQUALITY
     requires_reference: ClassVar[bool] = False
+    config_added: ClassVar[dict[str, Any]] = {}
+    """:meth:`config` keys added after checkpoints were already written, with the value a checkpoint
+    without the key implies (the old behaviour): :meth:`load_state_dict` reads them in, so older
+    checkpoints keep loading while ``config()`` always says everything."""
 
     def __init__(
         self,

@@ -11,6 +11,8 @@ problem's ``state_dict``, ``.to()`` and distributed broadcast treat it like any 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ceag_cooper._validation import check_positive_int
@@ -123,20 +125,23 @@ class ReplayBufferStore(torch.nn.Module):
         # Slot of value i: (written[g] + i - start[g]) % k, with start = ends - counts. Only the
         # last k values of each group are kept: i >= ends[g] - k; the others go to the spare column.
         offset = (self.written - ends + counts)[sorted_ids]
-        capacity = self._capacity()
-        if isinstance(capacity, int):
-            kept = position >= (ends - capacity)[sorted_ids]
-            slot = torch.where(kept, (position + offset) % capacity, self.capacity)
-        else:  # each group's own k_g: its slots 0..k_g-1, the columns above stay 0
-            own = capacity[sorted_ids]
-            kept = position >= (ends - capacity)[sorted_ids]
-            slot = torch.where(kept, (position + offset) % own, self.capacity)
+        capacity = self._capacity()  # k, or each group's own k_g (its columns above k_g stay 0)
+        own = capacity if isinstance(capacity, int) else capacity[sorted_ids]
+        kept = position >= (ends - capacity)[sorted_ids]
+        slot = torch.where(kept, (position + offset) % own, self.capacity)
         new = vals[order].to(self.ring.dtype)
         if self.running is not None:  # add what is written, take out what it overwrites (0 in the spare column)
             delta = torch.where(kept, new.double() - self.ring[sorted_ids, slot].double(), 0.0)
             self.running.index_add_(0, sorted_ids, delta)
         self.ring.index_put_((sorted_ids, slot), new)
         self.written.add_(counts)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ReplayBufferStore:
+        """``.to()`` / ``.half()`` ...: the running sums stay float64 (exact), whatever the values' dtype."""
+        super()._apply(fn, recurse)
+        if self.running is not None and self.running.dtype != torch.float64:
+            self.running = self.running.double()
+        return self
 
     def is_full(self) -> torch.Tensor:
         """``(G,)`` bool: which groups hold ``k`` (or ``k_g``) values (only those count as estimates)."""
@@ -150,9 +155,7 @@ class ReplayBufferStore(torch.nn.Module):
 
     def means(self) -> torch.Tensor:
         """``(G,)`` mean of the held values of each group (0 for an empty group)."""
-        if self.group_capacity is None:
-            return self.sums() / self.written.clamp(min=1, max=self.capacity).to(self.ring.dtype)
-        return self.sums() / torch.minimum(self.written, self.group_capacity).clamp(min=1).to(self.ring.dtype)
+        return self.sums() / self.fill.clamp(min=1).to(self.ring.dtype)
 
     def query(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(means(), is_full())`` together."""
@@ -168,7 +171,10 @@ class ReplayBufferStore(torch.nn.Module):
         return [float(v) for v in self.ring[group, idx].tolist()]
 
     def state_dict(self, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """Copies of the ring and the counts (``{"ring", "written"}``; loads with ``weights_only=True``)."""
+        """Copies of the ring and counts, plus the running sums and per-group capacities when used.
+
+        Loads with ``torch.load(weights_only=True)``.
+        """
         return {name: tensor.clone() for name, tensor in super().state_dict(*args, **kwargs).items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> None:  # type: ignore[override]

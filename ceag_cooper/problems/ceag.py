@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from ceag_cooper._validation import check_non_negative_float, check_positive_int
-from ceag_cooper.metrics.functional import weighted_overall
+from ceag_cooper.metrics.functional import binomial_standard_error, weighted_overall
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 from ceag_cooper.problems.base import BatchStatistics, GroupFairnessProblem, ProblemOptions
 from ceag_cooper.problems.buffers import ReplayBufferStore
@@ -99,6 +99,7 @@ class CEAG(GroupFairnessProblem):
     """
 
     requires_reference: ClassVar[bool] = True
+    config_added: ClassVar[dict[str, Any]] = {"resolution_z": 0.0, "fit_buffers_to_groups": False}
 
     def __init__(
         self,
@@ -121,6 +122,7 @@ class CEAG(GroupFairnessProblem):
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         self.margin = check_non_negative_float(margin, "margin")
         self.resolution_z = check_non_negative_float(resolution_z, "resolution_z")
+        self._group_target: torch.Tensor | None = None  # derived from the reference, on first use per device
         if not isinstance(fit_buffers_to_groups, bool):
             raise TypeError(f"`fit_buffers_to_groups` must be a bool, got {type(fit_buffers_to_groups).__name__}.")
         self.fit_buffers_to_groups = fit_buffers_to_groups
@@ -181,15 +183,17 @@ class CEAG(GroupFairnessProblem):
         r"""Each group's enforced bound :math:`\epsilon_g - m`, ``(G,)``; :attr:`target` when ``resolution_z == 0``."""
         if self.resolution_z == 0:
             return self.target
-        return self.group_tolerance - self.margin
+        if self._group_target is None or self._group_target.device != self.device:  # a constant: once
+            self._group_target = self.group_tolerance - self.margin
+        return self._group_target
 
     @property
     def group_tolerance(self) -> torch.Tensor:
         r"""``(G,)`` :math:`\epsilon_g = \epsilon + z \cdot SE_g` from the reference's group sizes and accuracies."""
-        ref = self.strict_reference
-        n = ref.group_count.clamp(min=1)
-        smoothed = (n * ref.group_accuracy + 1.0) / (n + 2.0)
-        return self.tolerance + self.resolution_z * torch.sqrt(smoothed * (1.0 - smoothed) / n)
+        ref = self.strict_reference  # a held-out reference may have empty groups: counted as one sample
+        return self.tolerance + self.resolution_z * binomial_standard_error(
+            ref.group_accuracy, ref.group_count.clamp(min=1)
+        )
 
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy excess gaps of the present groups, minus the enforced target."""
@@ -224,18 +228,15 @@ class CEAG(GroupFairnessProblem):
         return gaps - self.group_target, observed
 
     def config(self) -> dict[str, Any]:
-        """See :meth:`GroupFairnessProblem.config`; adds tolerance, buffer size and mode.
-
-        The options added in 0.2 appear only when set, so that checkpoints of 0.1 still load.
-        """
-        added = {"resolution_z": self.resolution_z, "fit_buffers_to_groups": self.fit_buffers_to_groups}
+        """See :meth:`GroupFairnessProblem.config`; adds tolerance, margin, buffers and mode."""
         return {
             **super().config(),
             "tolerance": self.tolerance,
             "margin": self.margin,
             "buffer_size": self.buffer_size,
             "overall": self.overall,
-            **{k: v for k, v in added.items() if v},
+            "resolution_z": self.resolution_z,
+            "fit_buffers_to_groups": self.fit_buffers_to_groups,
         }
 
 

@@ -6,8 +6,9 @@ depend on the data. The gradient Cooper's ``IndexedMultiplier`` produces is then
 tensor with ``C`` entries, and a plain SGD step on it coalesces and scatters them: at 100,000
 groups most of CEAG's extra cost per step. Plain SGD applies exactly the same update from the
 dense gradient (entries of 0 leave their multipliers unchanged), so :func:`ceag_cooper.build_optimizer`
-switches the gradient to dense for it; optimizers with state (nuPI, or any weight decay) keep
-Cooper's sparse gradient, whose support they rely on.
+switches the gradient to dense for it. nuPI (also used for any dual weight decay) keeps Cooper's
+sparse gradient: Cooper's sparse and dense nuPI paths initialise the smoothed violation
+differently, so switching would change its numbers.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class RegisteredState:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; the config must match this problem's."""
-        saved, mine = state_dict["config"], self.config()
+        saved, mine = {**self.config_added, **state_dict["config"]}, self.config()
         if saved != mine:
             raise ValueError(f"checkpoint was saved by a problem with config {saved}, this problem has {mine}.")
         extra = state_dict["extra"]
