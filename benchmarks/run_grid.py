@@ -194,9 +194,10 @@ def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> s
         f"{method}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in settings.items())
         for method, settings in selected.items()
     )
+    script = "select_protocol" if name.endswith("_12ep") else "select_hparams"  # which one chose them
     return (
-        f"{text} except where chosen on a held-out 20% of the training split by `select_hparams.py` "
-        f"(results/select_{name}.md; the test split was not read): {chosen}. ε is the requirement, not tuned."
+        f"{text} except where chosen on a held-out 20% of the training split by `{script}.py` "
+        f"(results/{script}_{name}.md; the test split was not read): {chosen}. ε is the requirement, not tuned."
     )
 
 
