@@ -194,10 +194,13 @@ def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> s
         f"{method}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in settings.items())
         for method, settings in selected.items()
     )
-    script = "select_protocol" if name.endswith("_12ep") else "select_hparams"  # which one chose them
+    protocol = name.endswith("_12ep")  # chosen by select_protocol.py; the other grids by select_hparams.py
+    script, record = (
+        ("select_protocol", f"select_protocol_{name}") if protocol else ("select_hparams", f"select_{name}")
+    )
     return (
         f"{text} except where chosen on a held-out 20% of the training split by `{script}.py` "
-        f"(results/{script}_{name}.md; the test split was not read): {chosen}. ε is the requirement, not tuned."
+        f"(results/{record}.md; the test split was not read): {chosen}. ε is the requirement, not tuned."
     )
 
 
