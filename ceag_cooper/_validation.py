@@ -14,6 +14,7 @@ __all__ = [
     "NonFiniteError",
     "check_finite",
     "check_group_ids",
+    "check_hook_output",
     "check_non_negative_float",
     "check_positive_int",
     "check_same_device",
@@ -128,3 +129,16 @@ def check_finite(value: torch.Tensor, what: str) -> None:
         "or clip gradients; the multipliers were not updated.",
         NonFiniteError,
     )
+
+
+def check_hook_output(
+    output: tuple[torch.Tensor, torch.Tensor], count: int, hook: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A violation hook's ``(values, observed)``: shapes ``(count,)``, ``observed`` boolean (metadata only, free)."""
+    values, observed = output
+    if values.shape != (count,) or observed.shape != (count,) or observed.dtype != torch.bool:
+        raise ValueError(
+            f"{hook} must return (values, observed) of shape ({count},), observed of dtype bool; got shapes "
+            f"{tuple(values.shape)}, {tuple(observed.shape)} and dtype {observed.dtype}."
+        )
+    return values, observed

@@ -145,3 +145,13 @@ def test_a_new_method_is_one_registry_entry(tmp_path):
         registry_module._REGISTRY.pop("ceag_loose", None)
     with pytest.raises(ValueError, match="unknown method 'ceag_loose'; choose among"):
         ExperimentConfig(method="ceag_loose")
+
+
+def test_every_registered_method_is_in_the_docs_method_table():
+    from ceag_cooper.experiments.registry import METHODS
+
+    page = (PACKAGE.parent / "docs" / "experiments.md").read_text()
+    table = [line for line in page.splitlines() if line.startswith("| `")]
+    documented = {name for line in table for name in line.split("|")[1].replace("`", " ").replace("/", " ").split()}
+    assert len(METHODS) >= 6
+    assert set(METHODS) - documented == set()

@@ -203,3 +203,20 @@ def _saved(obj):
     torch.save(obj, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_evaluation_and_recalibration_give_each_submodule_its_own_mode_back():
+    """A BatchNorm a user froze in eval mode stays frozen (``model.train(was)`` would unfreeze it)."""
+    from ceag_cooper.metrics import predict_groups
+    from ceag_cooper.pruning import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model[1].eval()
+    data = [(torch.randn(10, 3), torch.randint(0, 2, (10,)), torch.randint(0, 2, (10,)))]
+    evaluate_groups(model, data, groups=2)
+    predict_groups(model, data, groups=2)
+    recalibrate_batchnorm(model, [x for x, _, _ in data])
+    assert [m.training for m in model] == [True, False, True]
+    with pytest.raises(ValueError, match="no batch"):  # restored after an exception too
+        evaluate_groups(model, [], groups=2)
+    assert [m.training for m in model] == [True, False, True]

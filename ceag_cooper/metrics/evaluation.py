@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ceag_cooper._modes import eval_mode
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.metrics.functional import LossFn
 from ceag_cooper.metrics.group_metrics import GroupMetrics, GroupMetricsAccumulator
@@ -57,6 +58,18 @@ def call_model(model: torch.nn.Module, inputs: object) -> torch.Tensor:
     if isinstance(inputs, Mapping):
         return model_logits(model(**inputs))
     return model_logits(model(inputs))
+
+
+def _evaluation_device(model: torch.nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device``, else the model's (CPU for a model without parameters); refuses a mismatch."""
+    first = next(model.parameters(), None)
+    model_device = first.device if first is not None else None
+    resolved = torch.empty(0, device=device if device is not None else model_device).device
+    if model_device is not None and model_device != resolved:
+        raise ValueError(
+            f"the model is on {model_device} but `device={resolved}`; move the model with `model.to(device)`."
+        )
+    return resolved
 
 
 def _unpack_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,16 +128,8 @@ def evaluate_groups(
     """
     spec = groups if isinstance(groups, GroupSpec) else None
     num_groups = spec.num_groups if spec is not None else int(groups)
-    first = next(model.parameters(), None)
-    model_device = first.device if first is not None else None
-    device = torch.empty(0, device=device if device is not None else model_device).device
-    if model_device is not None and model_device != device:
-        raise ValueError(
-            f"the model is on {model_device} but `device={device}`; move the model with `model.to(device)`."
-        )
+    device = _evaluation_device(model, device)
     accumulator = GroupMetricsAccumulator(num_groups, device=device)
-    was_training = model.training
-    model.eval()
     iterator = loader
     if progress:
         iterator = progress_bar(loader, description=description)
@@ -133,7 +138,7 @@ def evaluate_groups(
     synchronize = is_distributed() if distributed is None else distributed
     rank, world = rank_and_world()
     position = 0  # this rank's samples seen so far
-    try:
+    with eval_mode(model):
         for batch in iterator:
             inputs, targets, third = _unpack_batch(batch)
             inputs, targets, third = move_to(inputs, device), targets.to(device), third.to(device)
@@ -144,8 +149,6 @@ def evaluate_groups(
                 weights = (rank + local * world < dataset_size).to(torch.float32)
             accumulator.update(call_model(model, inputs), targets, group_ids, loss_fn=loss_fn, weights=weights)
             position += targets.shape[0]
-    finally:
-        model.train(was_training)
     if position == 0 and not synchronize:
         raise ValueError("`loader` yielded no batch: cannot compute group statistics of an empty data set.")
     metrics = accumulator.compute(all_ranks=synchronize)
@@ -153,13 +156,16 @@ def evaluate_groups(
 
 
 @torch.no_grad()
-def predict_groups(model: torch.nn.Module, loader: Iterable, *, groups: GroupSpec | int) -> dict[str, Any]:
+def predict_groups(
+    model: torch.nn.Module, loader: Iterable, *, groups: GroupSpec | int, device: torch.device | str | None = None
+) -> dict[str, Any]:
     """Per-sample predictions with their groups, for tools that want them (fairlearn's ``MetricFrame``).
 
     Args:
         model: the model (evaluated in eval mode; its mode is restored).
         loader: iterable of ``(inputs, targets, attributes)`` as for :func:`evaluate_groups`.
         groups: a :class:`GroupSpec` or the number of groups (then the third element is group ids).
+        device: where batches are moved (default: the model's device; must match it).
 
     Returns:
         ``{"y_true", "y_pred", "group_id"}`` as 1-D numpy arrays (``(N, M)`` memberships give
@@ -176,12 +182,9 @@ def predict_groups(model: torch.nn.Module, loader: Iterable, *, groups: GroupSpe
         ([0, 1, 2], [0, 1, 1])
     """
     spec = groups if isinstance(groups, GroupSpec) else None
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
+    device = _evaluation_device(model, device)
     truth, predicted, ids = [], [], []
-    try:
+    with eval_mode(model):
         for batch in loader:
             inputs, targets, third = _unpack_batch(batch)
             third = third.to(device)
@@ -189,8 +192,6 @@ def predict_groups(model: torch.nn.Module, loader: Iterable, *, groups: GroupSpe
             predicted.append(call_model(model, move_to(inputs, device)).argmax(dim=1).cpu())
             truth.append(targets.cpu())
             ids.append(group_ids.cpu())
-    finally:
-        model.train(was_training)
     if not truth:
         raise ValueError("`loader` yielded no batch: nothing to predict.")
     group_id = torch.cat(ids).numpy()

@@ -290,30 +290,9 @@ class DisparityReport:
 
     def to_markdown(self, *, title: str | None = None) -> str:
         """A markdown table (percentages), one row per group, then the overall numbers."""
-        lines = [f"### {title}", ""] if title else []
-        judged = self.tolerance is not None
-        lines += [
-            "| group | n | dense acc | sparse acc | Δ_g | ψ_g | SE |" + (" resolvable at ε |" if judged else ""),
-            "|---|---:|---:|---:|---:|---:|---:|" + ("---|" if judged else ""),
-        ]
-        for name, row in self.by_group.items():
-            cells = [
-                f"{100 * row[k]:.2f}" if not math.isnan(row[k]) else "–"
-                for k in ("dense_accuracy", "sparse_accuracy", "gap", "psi", "standard_error")
-            ]
-            verdict = (" yes |" if row["resolvable"] else " no |") if judged else ""
-            lines.append(f"| {name} | {int(row['count'])} | " + " | ".join(cells) + " |" + verdict)
-        feasible = "" if self.tolerance is None else f", feasible at ε = {100 * self.tolerance:.2f}: {self.feasible}"
-        lines += [
-            "",
-            f"Overall: dense {100 * self.dense_overall:.2f}%, sparse {100 * self.sparse_overall:.2f}%, "
-            f"Δ = {100 * self.overall_gap:.2f}, max ψ = {100 * self.max_psi:.2f}, "
-            f"Ψ_PW = {100 * self.psi_pw:.2f} (points){feasible}.",
-        ]
-        if self.never_feasible is not None:
-            names = ", ".join(self.never_feasible) if self.never_feasible else "none"
-            lines.append(f"Groups never feasible during training: {names}.")
-        return "\n".join(lines)
+        from ceag_cooper.metrics._markdown import report_markdown
+
+        return report_markdown(self, title=title)
 
     def plot(self, path: str | Path, *, title: str | None = None, top: int = 30) -> Path:
         """Save a PNG of ψ_g per group (with ε) and dense vs sparse accuracy; see :func:`plot_report`.

@@ -14,7 +14,7 @@ import cooper
 import torch
 
 from ceag_cooper import distributed
-from ceag_cooper._validation import check_finite, check_group_ids, check_same_device
+from ceag_cooper._validation import check_finite, check_group_ids, check_hook_output, check_same_device
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.metrics.evaluation import call_model
 from ceag_cooper.metrics.functional import LossFn
@@ -22,12 +22,7 @@ from ceag_cooper.metrics.group_metrics import GroupMetrics
 from ceag_cooper.problems import sync
 from ceag_cooper.problems.estimates import HeldoutBatches, multiplier_statistics
 from ceag_cooper.problems.multiplier import GroupMultiplier
-from ceag_cooper.problems.options import (
-    ConstraintEstimate,
-    ProblemOptions,
-    check_heldout_references,
-    check_reference,
-)
+from ceag_cooper.problems.options import ConstraintEstimate, ProblemOptions, check_options
 from ceag_cooper.problems.state import RegisteredState
 from ceag_cooper.problems.statistics import (
     BatchStatistics,
@@ -126,21 +121,10 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         constraint_estimate: ConstraintEstimate = "train",
     ) -> None:
         super().__init__()
-        if constraint_estimate not in ("train", "eval"):
-            raise ValueError(f"`constraint_estimate` must be 'train' or 'eval', got {constraint_estimate!r}.")
-        if reference is None and self.requires_reference:
-            raise ValueError(
-                f"{type(self).__name__} needs `reference`: the dense model's GroupMetrics, e.g. "
-                "`evaluate_groups(dense_model, train_loader, groups=spec)`."
-            )
-        num_groups = check_reference(reference, num_groups)
-        if num_groups is None:
-            raise ValueError("give `num_groups` or `reference` (whose number of groups is used).")
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"`num_groups` must be an int >= 1, got {num_groups!r}.")
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}.")
-        check_heldout_references(num_groups, reference, heldout_reference, heldout_spec)
+        num_groups = check_options(
+            type(self), num_groups=num_groups, reference=reference, start_step=start_step,
+            constraint_estimate=constraint_estimate, heldout_reference=heldout_reference, heldout_spec=heldout_spec,
+        )  # fmt: skip
         if device is None:
             device = reference.device if reference is not None else torch.device("cpu")
         self.num_groups = num_groups
@@ -153,8 +137,6 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         self.check_finite = check_finite
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
-        self.heldout = heldout
-        self.heldout_spec = heldout_spec
         self._heldout = HeldoutBatches(heldout, heldout_spec) if heldout is not None else None
         self.heldout_reference = heldout_reference.to(self.device) if heldout_reference is not None else None
         self._estimators: dict[str, torch.nn.Module | None] = {}  # subclass state: see register_state
@@ -201,9 +183,19 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         return self.fairness.multiplier.weight.detach().flatten().clone()
 
     @property
+    def heldout(self) -> Iterable | None:
+        """The held-out batches the multiplier step is estimated on (``None``: the training batches)."""
+        return self._heldout.batches if self._heldout is not None else None
+
+    @property
+    def heldout_spec(self) -> GroupSpec | None:
+        """The :class:`GroupSpec` of the held-out batches' attributes (``None``: they carry group ids)."""
+        return self._heldout.spec if self._heldout is not None else None
+
+    @property
     def strict_reference(self) -> GroupMetrics | None:
         """The dense statistics the multiplier side compares with (held-out ones if given)."""
-        return self.heldout_reference if self.heldout is not None else self.reference
+        return self.heldout_reference if self._heldout is not None else self.reference
 
     def batch_statistics(self, logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor) -> BatchStatistics:
         """Per-group loss and accuracy of one batch (vectorized, differentiable loss)."""
@@ -270,8 +262,11 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         misc: dict[str, Any] = {"stats": stats}
         if not active:
             return cooper.CMPState(loss=stats.loss, misc=misc)
-        proxy, proxy_observed = self._checked(self.proxy_violations(stats), "proxy_violations")
-        strict, strict_observed = self._checked(self.strict_violations(global_stats), "strict_violations")
+        count, owner = self.num_constraints(), type(self).__name__
+        proxy, proxy_observed = check_hook_output(self.proxy_violations(stats), count, f"{owner}.proxy_violations")
+        strict, strict_observed = check_hook_output(
+            self.strict_violations(global_stats), count, f"{owner}.strict_violations"
+        )
         dtype = self.fairness.multiplier.weight.dtype  # e.g. float32 buffers under a float64 problem
         violation = torch.where(proxy_observed, proxy, torch.zeros_like(proxy)).to(dtype)
         strict_violation = torch.where(strict_observed, strict, torch.zeros_like(strict)).detach().to(dtype)
@@ -285,17 +280,6 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             strict_constraint_features=self._indices,
         )
         return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)
-
-    def _checked(self, output: tuple[torch.Tensor, torch.Tensor], hook: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Metadata checks of a hook's ``(values, observed)`` (free: no values are read)."""
-        count = self.num_constraints()
-        values, observed = output
-        if values.shape != (count,) or observed.shape != (count,) or observed.dtype != torch.bool:
-            raise ValueError(
-                f"{type(self).__name__}.{hook} must return (values, observed) of shape ({count},), observed "
-                f"of dtype bool; got shapes {tuple(values.shape)}, {tuple(observed.shape)} and dtype {observed.dtype}."
-            )
-        return values, observed
 
     def broadcast_state(self, src: int = 0) -> None:
         """Copy rank ``src``'s multipliers and registered state (e.g. buffers) to every rank.

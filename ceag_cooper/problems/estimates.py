@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ceag_cooper._modes import eval_mode
 from ceag_cooper._validation import check_finite
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.metrics.evaluation import call_model, move_to
@@ -75,12 +76,8 @@ class HeldoutBatches:
 @torch.no_grad()
 def eval_logits(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
     """``model(inputs)`` in eval mode, without gradient (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return call_model(model, inputs)
-    finally:
-        model.train(was_training)
 
 
 def multiplier_statistics(

@@ -11,7 +11,7 @@ from ceag_cooper.groups import GroupSpec
 from ceag_cooper.metrics.functional import LossFn
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 
-__all__ = ["ConstraintEstimate", "ProblemOptions", "check_heldout_references", "check_reference"]
+__all__ = ["ConstraintEstimate", "ProblemOptions", "check_heldout_references", "check_options", "check_reference"]
 
 ConstraintEstimate = Literal["train", "eval"]
 """Where the multiplier step's statistics come from: the training forward pass (``"train"``) or
@@ -34,6 +34,38 @@ class ProblemOptions(TypedDict, total=False):
     heldout_reference: GroupMetrics | None
     heldout_spec: GroupSpec | None
     constraint_estimate: ConstraintEstimate
+
+
+def check_options(
+    owner: type,
+    *,
+    num_groups: int | None,
+    reference: GroupMetrics | None,
+    start_step: int,
+    constraint_estimate: str,
+    heldout_reference: GroupMetrics | None,
+    heldout_spec: GroupSpec | None,
+) -> int:
+    """Every check of a problem's shared options; returns the number of groups.
+
+    ``owner`` is the problem class (its ``requires_reference`` and name go into the messages).
+    """
+    if constraint_estimate not in ("train", "eval"):
+        raise ValueError(f"`constraint_estimate` must be 'train' or 'eval', got {constraint_estimate!r}.")
+    if reference is None and getattr(owner, "requires_reference", False):
+        raise ValueError(
+            f"{owner.__name__} needs `reference`: the dense model's GroupMetrics, e.g. "
+            "`evaluate_groups(dense_model, train_loader, groups=spec)`."
+        )
+    num_groups = check_reference(reference, num_groups)
+    if num_groups is None:
+        raise ValueError("give `num_groups` or `reference` (whose number of groups is used).")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"`num_groups` must be an int >= 1, got {num_groups!r}.")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}.")
+    check_heldout_references(num_groups, reference, heldout_reference, heldout_spec)
+    return num_groups
 
 
 def check_reference(reference: GroupMetrics | None, num_groups: int | None) -> int | None:

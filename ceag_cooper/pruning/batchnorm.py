@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from ceag_cooper._modes import preserved_modes
+
 __all__ = ["recalibrate_batchnorm"]
 
 
@@ -44,12 +46,11 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batch
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
-    was_training = model.training
     try:
-        device = next(iter(model.parameters()), torch.empty(0)).device  # batches go where the model is
-        update_bn(itertools.islice(batches, max_batches), model, device=None if device.type == "cpu" else device)
+        with preserved_modes(model):  # update_bn puts the whole model in train mode
+            device = next(iter(model.parameters()), torch.empty(0)).device  # batches go where the model is
+            update_bn(itertools.islice(batches, max_batches), model, device=None if device.type == "cpu" else device)
     finally:  # update_bn restores them when it returns; this covers an exception too
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
-        model.train(was_training)
     return len(layers)

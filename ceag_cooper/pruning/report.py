@@ -9,6 +9,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ceag_cooper._modes import preserved_modes
+
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report"]
 
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -122,11 +124,8 @@ def sparsity_report(model: nn.Module, *, example_inputs: Any = None) -> Sparsity
     if isinstance(example_inputs, torch.Tensor) and example_inputs.shape[0] > 1:
         example_inputs = example_inputs[:1]  # MACs per example (per-layer counts scale with the batch)
     if example_inputs is not None:
-        was_training = model.training
-        try:
+        with preserved_modes(model):  # torch-pruning switches the model to eval mode
             macs, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
-        finally:
-            model.train(was_training)
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, _LAYERS):

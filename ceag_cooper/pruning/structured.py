@@ -13,38 +13,27 @@ so the optimizer, Cooper's optimizer state and the replay buffers need no rebuil
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from ceag_cooper._modes import preserved_modes
+from ceag_cooper.pruning._channel_checks import (
+    MASKABLE,
+    channel_importance,
+    check_maskable,
+    check_same_outputs,
+    eval_outputs,
+)
 from ceag_cooper.pruning.engine import MaskEngine
 from ceag_cooper.pruning.schedules import SparsitySchedule, check_sparsity
 
 __all__ = ["ChannelImportance", "ChannelPruner"]
 
 ChannelImportance = Literal["magnitude", "taylor", "bn_scale"]
-
-_MASKABLE = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-_CHANNEL_MIXING = (nn.LayerNorm, nn.GroupNorm)
-"""Norms that average over channels: zeroing a channel's scale and shift still leaves it in their mean
-and variance, so the masked model is not the model without that channel (measured: outputs differ by
-0.18 for LayerNorm and 0.31 for GroupNorm). Pruning through them is refused."""
-FINALIZE_TOLERANCE = 1e-5
-"""``finalize`` requires the finalized outputs to equal the masked model's within this (times the
-outputs' scale, at least 1) on ``example_inputs``, in eval mode."""
-
-
-def _importance(name: str) -> tp.importance.Importance:
-    if name == "magnitude":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if name == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    raise ValueError(f"`importance` must be 'magnitude', 'taylor' or 'bn_scale', got {name!r}.")
 
 
 class ChannelPruner(MaskEngine):
@@ -95,7 +84,7 @@ class ChannelPruner(MaskEngine):
         if not isinstance(schedule, SparsitySchedule):
             raise TypeError(f"`schedule` must be a SparsitySchedule, got {type(schedule).__name__}.")
         check_sparsity(max_layer_sparsity, "max_layer_sparsity")
-        self._importance = _importance(importance)
+        self._importance = channel_importance(importance)
         modules = dict(model.named_modules())
         if ignored_layers is None:
             linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
@@ -106,7 +95,7 @@ class ChannelPruner(MaskEngine):
         names = [
             f"{module_name}.{param_name}" if module_name else param_name
             for module_name, module in modules.items()
-            if isinstance(module, _MASKABLE)
+            if isinstance(module, MASKABLE)
             for param_name, param in module.named_parameters(recurse=False)
             if param.requires_grad
         ]
@@ -133,13 +122,11 @@ class ChannelPruner(MaskEngine):
         self.dense_macs, self.dense_params = self._count()
 
     def _count(self) -> tuple[int, int]:
-        was_training = self.model.training
         try:
-            macs, params = tp.utils.count_ops_and_params(self.model, self.example_inputs)
+            with preserved_modes(self.model):  # torch-pruning switches the model to eval mode
+                macs, params = tp.utils.count_ops_and_params(self.model, self.example_inputs)
         except Exception as error:
             raise self._untraceable(error) from error
-        finally:
-            self.model.train(was_training)
         return int(macs), int(params)
 
     def _untraceable(self, error: Exception) -> ValueError:
@@ -166,25 +153,7 @@ class ChannelPruner(MaskEngine):
 
     def _check_item(self, module: nn.Module) -> bool:
         """Whether ``module`` has weights to mask; raises for a layer that masking cannot prune exactly."""
-        if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
-            return False  # reshapes, additions, concatenations: nothing to mask
-        name = self._module_names.get(module, type(module).__name__)
-        if isinstance(module, _CHANNEL_MIXING):
-            raise ValueError(
-                f"layer {name!r} ({type(module).__name__}) normalizes over the channels that would be pruned: "
-                "masking a channel there is not removing it (it still enters the norm's mean and variance), so the "
-                "masked model fine-tuned under CEAG would not be the pruned model. Add the layers that produce these "
-                "channels to `ignored_layers`, or use unstructured MagnitudePruner."
-            )
-        if not isinstance(module, _MASKABLE) or (
-            isinstance(module, nn.modules.conv._ConvNd)
-            and (module.transposed or 1 < module.groups != module.in_channels)
-        ):
-            raise ValueError(
-                f"layer {name!r} ({type(module).__name__}) is coupled to pruned channels but cannot be masked here; "
-                f"add it to `ignored_layers` or use unstructured MagnitudePruner."
-            )
-        return True
+        return check_maskable(module, self._module_names.get(module, type(module).__name__))
 
     def _mask_item(self, module: nn.Module, handler: Any, idxs: list[int], graph: tp.DependencyGraph) -> None:
         if not self._check_item(module):
@@ -254,11 +223,11 @@ class ChannelPruner(MaskEngine):
         if self.finalized:
             return self.model
         self.apply_masks()
-        masked = _outputs(self.model, self.example_inputs)
+        masked = eval_outputs(self.model, self.example_inputs)
         trial = copy.deepcopy(self.model)  # removed on a copy first: a mismatch leaves the model as it was
         try:
             self._remove_channels(trial)
-            shrunk = _outputs(trial, self.example_inputs)
+            shrunk = eval_outputs(trial, self.example_inputs)
         except Exception as error:  # e.g. attention that reshapes q/k/v into heads of a fixed size
             raise ValueError(
                 f"removing the masked channels breaks the model's forward pass ({type(error).__name__}: {error}): a "
@@ -266,15 +235,7 @@ class ChannelPruner(MaskEngine):
                 "unchanged; add the attention projections to `ignored_layers`, pass torch-pruning's head settings "
                 "through `pruning_options` (e.g. {'num_heads': {...}}), or prune with unstructured MagnitudePruner."
             ) from error
-        difference = _max_difference(masked, shrunk)
-        scale = max(1.0, max((float(t.abs().max()) for t in masked if t.numel()), default=1.0))
-        if not difference <= FINALIZE_TOLERANCE * scale:
-            raise ValueError(
-                f"removing the masked channels changes the model's outputs on `example_inputs` by up to "
-                f"{difference:.3g} (outputs up to {scale:.3g}): a layer coupled to them is not handled exactly. The "
-                "model is left masked and unchanged; prune with unstructured MagnitudePruner, or add the layers around "
-                "the mismatch to `ignored_layers`."
-            )
+        check_same_outputs(masked, shrunk)
         self.remove()
         self._remove_channels(self.model)
         self.finalized = True
@@ -330,29 +291,3 @@ class ChannelPruner(MaskEngine):
         self.current_step = state["current_step"]
         self._applied_target = float(state.get("applied_target", 0.0))
         self.sparsity = self.channel_sparsity()
-
-
-@torch.no_grad()
-def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
-    """Every tensor in the model's eval-mode output on ``example_inputs`` (torch-pruning's calling rules)."""
-    was_training = model.training
-    model.eval()
-    try:
-        if isinstance(example_inputs, Mapping):
-            output = model(**example_inputs)
-        elif isinstance(example_inputs, (tuple, list)):
-            output = model(*example_inputs)
-        else:
-            output = model(example_inputs)
-    finally:
-        model.train(was_training)
-    leaves, _ = torch.utils._pytree.tree_flatten(output)
-    if not leaves and hasattr(output, "logits"):
-        leaves = [output.logits]
-    return [leaf.float() for leaf in leaves if isinstance(leaf, torch.Tensor)]
-
-
-def _max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=False)):
-        return float("inf")
-    return max((float((x - y).abs().max()) for x, y in zip(a, b, strict=True) if x.numel()), default=0.0)
