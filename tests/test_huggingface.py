@@ -86,3 +86,61 @@ def test_a_bert_classifier_trains_under_ceag_in_a_trainer_and_resumes(tmp_path):
         FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path / "x"),
                         train_dataset=[{k: v for k, v in r.items() if k != "group_ids"} for r in data],
                         problem=cc.CEAG(reference=reference, buffer_size=None)).train()  # fmt: skip
+
+
+def _one_step(tmp_path, problem, **cooper_kwargs):
+    model = tiny_bert()
+    trainer = FairnessTrainer(model=model, args=arguments(tmp_path, max_steps=1, optim="sgd", learning_rate=0.5,
+                                                          lr_scheduler_type="constant", save_strategy="no"),
+                              train_dataset=rows(), problem=problem, cooper_kwargs=cooper_kwargs)  # fmt: skip
+    trainer.train()
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+
+def test_the_trainer_honours_the_step_order(tmp_path):
+    """Simultaneous: the first model step sees the initial (zero) multipliers; dual-primal: the updated ones."""
+    data = rows()
+    reference = cc.evaluate_groups(tiny_bert(), list(batches(data)), groups=2)
+
+    def ceag():
+        return cc.CEAG(reference=reference, tolerance=0.0, buffer_size=None)  # every violation is strict at 0
+
+    plain = _one_step(tmp_path / "plain", cc.Unconstrained(num_groups=2))
+    simultaneous_problem, dual_first_problem = ceag(), ceag()
+    simultaneous = _one_step(tmp_path / "sim", simultaneous_problem, dual_lr=5.0, order="simultaneous")
+    dual_first = _one_step(tmp_path / "dp", dual_first_problem, dual_lr=5.0, order="dual_primal")
+    # both took the same dual step (from the same batch's violations), and it moved a multiplier
+    assert torch.equal(simultaneous_problem.multiplier_values, dual_first_problem.multiplier_values)
+    assert bool((dual_first_problem.multiplier_values > 0).any())
+    assert torch.allclose(simultaneous, plain, atol=1e-6)  # zero multipliers: the plain loss's step
+    assert not torch.allclose(dual_first, plain, atol=1e-4)  # the moved multipliers changed the model's step
+
+
+def test_the_trainer_prunes_on_schedule_and_resumes_the_masks(tmp_path):
+    data = rows()
+    reference = cc.evaluate_groups(tiny_bert(), list(batches(data)), groups=2)
+
+    def setup(folder):
+        model = tiny_bert()
+        pruner = cc.MagnitudePruner(model, schedule=cc.GradualSchedule(0.5, num_updates=2))
+        problem = cc.CEAG(reference=reference, buffer_size=4)
+        trainer = FairnessTrainer(model=model, args=arguments(folder), train_dataset=data, pruner=pruner,
+                                  problem=problem, cooper_kwargs={"dual_lr": 0.5})  # fmt: skip
+        return model, pruner, trainer
+
+    model, pruner, trainer = setup(tmp_path)
+    trainer.train()
+    assert pruner.measured_sparsity() == pytest.approx(0.5, abs=0.02)  # two schedule steps, one per epoch
+    params = dict(model.named_parameters())
+    assert all(bool((params[name][~mask] == 0).all()) for name, mask in pruner.masks.items())  # held after steps
+    assert any(entry.get("sparsity") for entry in trainer.state.log_history)
+    saved = torch.load(tmp_path / "checkpoint-6" / PROBLEM_STATE_FILE, weights_only=True)
+    assert saved["pruner"]["current_step"] == 1  # one epoch in: the first of two schedule steps
+    _, again, resumed = setup(tmp_path)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+    assert again.current_step == 2
+    assert all(torch.equal(again.masks[name], mask) for name, mask in pruner.masks.items())  # same run, resumed
+    saved.pop("pruner")  # a checkpoint written without a pruner cannot resume one
+    torch.save(saved, tmp_path / "checkpoint-6" / PROBLEM_STATE_FILE)
+    with pytest.raises(ValueError, match="no pruner state"):
+        setup(tmp_path)[2].train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))

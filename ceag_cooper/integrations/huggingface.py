@@ -2,13 +2,19 @@
 
 :class:`FairnessTrainer` is a ``Trainer`` whose training loss is the problem's primal
 Lagrangian. Each training batch (a dict with ``labels`` and a group-id column, default
-``"group_ids"``) runs :meth:`GroupFairnessProblem.compute_cmp_state`, then the dual step (the
-paper's order: multipliers first, from the strict violations), and returns the Lagrangian at the
-new multipliers; the Trainer then does what it always does (backward, gradient accumulation and
-clipping, the primal optimizer and scheduler steps, logging, checkpoints). Evaluation batches
+``"group_ids"``) runs :meth:`GroupFairnessProblem.compute_cmp_state`, then the dual step (with
+``order="dual_primal"``, the default and the paper's order: multipliers first, from the strict
+violations), and returns the Lagrangian at the new multipliers; with ``order="simultaneous"`` the
+Lagrangian uses the old multipliers and the dual step follows the batch's backward pass. The
+Trainer then does what it always does (backward, gradient accumulation and clipping, the primal
+optimizer and scheduler steps, logging, checkpoints). Evaluation batches
 get the plain loss (the problem's ``loss_fn``, cross-entropy by default).
-The problem's state (multipliers, buffers, counters) is saved in every
-checkpoint folder as ``ceag_problem.pt`` and restored by ``train(resume_from_checkpoint=...)``.
+With ``pruner=`` (a :class:`~ceag_cooper.MagnitudePruner` or :class:`~ceag_cooper.ChannelPruner` of
+the model) the pruning schedule advances at the start of every epoch (``pruner.step(epoch + 1)``,
+as the pipeline and the Lightning callback do) and the masks are re-applied after every optimizer
+step. The problem's state (multipliers, buffers, counters), the dual optimizer's and the pruner's
+(masks, schedule position) are saved in every checkpoint folder as ``ceag_problem.pt`` and
+restored by ``train(resume_from_checkpoint=...)``.
 
 Models may take dict inputs and return ``.logits`` outputs (``SequenceClassifierOutput``): the
 problems call them through :func:`ceag_cooper.metrics.call_model`. Needs ``transformers`` and
@@ -30,8 +36,8 @@ except ImportError as error:  # pragma: no cover - exercised where transformers 
         "ceag_cooper.integrations.huggingface needs transformers: pip install 'ceag-cooper[huggingface]'"
     ) from error
 
+from ceag_cooper.integrations._cooper import DualOptimizerCache
 from ceag_cooper.metrics import call_model, per_sample_loss_and_correct
-from ceag_cooper.optim import build_optimizer
 from ceag_cooper.problems.base import GroupFairnessProblem
 
 __all__ = ["PROBLEM_STATE_FILE", "FairnessTrainer"]
@@ -46,11 +52,12 @@ class FairnessTrainer(transformers.Trainer):
     Args:
         *args: the ``Trainer``'s (``model``, ``args``, ``train_dataset``...).
         problem: the problem (``CEAG``, ``EqualizedLoss``...), on the model's device.
+        pruner: a pruner of ``model`` (masks and schedule) to run inside the Trainer's loop, or ``None``.
         group_ids_key: the batch column with each sample's group id(s); it is taken out of the
             batch before the model sees it. Keep it from being dropped as an unknown column:
             ``TrainingArguments(remove_unused_columns=False)``.
-        dual_lr, dual_optimizer, ...: keyword arguments of :func:`ceag_cooper.build_optimizer`,
-            given as ``cooper_kwargs={...}``.
+        cooper_kwargs: keyword arguments of :func:`ceag_cooper.build_optimizer` (``dual_lr``,
+            ``dual_optimizer``, ``order``...).
         **kwargs: the ``Trainer``'s.
 
     The model's device placement, mixed precision and distributed set-up are the Trainer's; the
@@ -61,30 +68,20 @@ class FairnessTrainer(transformers.Trainer):
         self,
         *args: Any,
         problem: GroupFairnessProblem,
+        pruner: Any = None,
         group_ids_key: str = "group_ids",
         cooper_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(problem, GroupFairnessProblem):
-            raise TypeError(f"`problem` must be a GroupFairnessProblem, got {type(problem).__name__}.")
+        duals = DualOptimizerCache(problem, cooper_kwargs or {})  # checks `problem` before the Trainer starts
         super().__init__(*args, **kwargs)
         self.problem = problem
         self.group_ids_key = group_ids_key
-        self.cooper_kwargs = dict(cooper_kwargs or {})
-        self._cooper: Any = None
-        self._cooper_for: Any = None
-        self._pending_dual_state: dict[str, Any] | None = None
-
-    def _cooper_optimizer(self) -> Any:
-        """Cooper's optimizer around the Trainer's primal optimizer (rebuilt if the Trainer made a new one)."""
-        if self._cooper is None or self._cooper_for is not self.optimizer:
-            self._cooper = build_optimizer(self.problem, self.optimizer, **self.cooper_kwargs)
-            self._cooper_for = self.optimizer
-            if self._pending_dual_state is not None and hasattr(self._cooper, "dual_optimizers"):
-                for optimizer, state in zip(self._cooper.dual_optimizers, self._pending_dual_state, strict=True):
-                    optimizer.load_state_dict(state)
-                self._pending_dual_state = None
-        return self._cooper
+        self._duals = duals
+        self._deferred: Any = None  # the batch's CMP state, for the dual step after backward (simultaneous)
+        self.pruner = pruner
+        if pruner is not None:
+            self.add_callback(_PruningCallback(pruner))
 
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any
@@ -103,15 +100,29 @@ class FairnessTrainer(transformers.Trainer):
             loss = per_sample_loss_and_correct(logits, targets, self.problem.loss_fn)[0].mean()
             return (loss, {"logits": logits}) if return_outputs else loss
         state = self.problem.compute_cmp_state(model, inputs, targets, group_ids)
-        cooper_optimizer = self._cooper_optimizer()
+        if self._duals.order == "dual_primal":
+            self._dual_step(state)  # the multipliers move first (and are projected), as the paper's order
+        else:  # simultaneous: the Lagrangian takes the old multipliers; training_step steps them after backward
+            self._deferred = state
+        lagrangian = state.compute_primal_lagrangian().lagrangian
+        self._log_fairness(state)
+        return (lagrangian, {"logits": state.misc["stats"].logits}) if return_outputs else lagrangian
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The Trainer's step (forward and backward); with ``order="simultaneous"`` the dual step follows."""
+        loss = super().training_step(*args, **kwargs)
+        state, self._deferred = self._deferred, None
+        if state is not None:
+            self._dual_step(state)
+        return loss
+
+    def _dual_step(self, state: Any) -> None:
+        cooper_optimizer = self._duals.around(self.optimizer)
         if state.observed_constraints and hasattr(cooper_optimizer, "dual_step"):
             for parameter in self.problem.dual_parameters():
                 parameter.grad = None
             state.compute_dual_lagrangian().backward()
-            cooper_optimizer.dual_step()  # the multipliers move first (and are projected), as the paper's order
-        lagrangian = state.compute_primal_lagrangian().lagrangian
-        self._log_fairness(state)
-        return (lagrangian, {"logits": state.misc["stats"].logits}) if return_outputs else lagrangian
+            cooper_optimizer.dual_step()
 
     def _log_fairness(self, state: Any) -> None:
         if not self.args.logging_steps or self.state.global_step % self.args.logging_steps:
@@ -127,6 +138,8 @@ class FairnessTrainer(transformers.Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """The Trainer's log, plus the multipliers' sum and the largest violation when training."""
         logs = {**logs, **getattr(self, "_fairness_log", {})}
+        if self.pruner is not None and "loss" in logs:  # a training log
+            logs["sparsity"] = float(self.pruner.sparsity)
         super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
@@ -134,8 +147,9 @@ class FairnessTrainer(transformers.Trainer):
         folder = (
             Path(self.args.output_dir) / f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         )
-        duals = getattr(self._cooper, "dual_optimizers", None) or []
-        state = {"problem": self.problem.state_dict(), "dual": [optimizer.state_dict() for optimizer in duals]}
+        state = {"problem": self.problem.state_dict(), "dual": self._duals.state_dict()}
+        if self.pruner is not None:
+            state["pruner"] = self.pruner.state_dict()
         torch.save(state, folder / PROBLEM_STATE_FILE)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -152,6 +166,26 @@ class FairnessTrainer(transformers.Trainer):
                 )
             saved = torch.load(path, weights_only=True)
             self.problem.load_state_dict(saved["problem"])
-            self._pending_dual_state = saved["dual"] or None
-            self._cooper = None
+            self._duals.load_state_dict(saved["dual"])
+            if self.pruner is not None:
+                if saved.get("pruner") is None:
+                    raise ValueError(f"{path} holds no pruner state, but this FairnessTrainer has a pruner.")
+                self.pruner.load_state_dict(saved["pruner"])
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+class _PruningCallback(transformers.TrainerCallback):
+    """Attaches a pruner's masks to the Trainer's optimizer and advances its schedule once per epoch."""
+
+    def __init__(self, pruner: Any) -> None:
+        self.pruner = pruner
+        self._attached: list[Any] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        raw = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer under accelerate's wrapper
+        if not any(raw is seen for seen in self._attached):  # a second train() must not stack hooks
+            self.pruner.attach(raw)
+            self._attached.append(raw)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.pruner.step(int(state.epoch + 1e-6) + 1)  # state.epoch: epochs done (a float, exact at epoch ends)

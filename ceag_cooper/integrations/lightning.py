@@ -26,7 +26,7 @@ except ImportError as error:  # pragma: no cover - exercised where lightning is 
         "ceag_cooper.integrations.lightning needs lightning: pip install 'ceag-cooper[lightning]'"
     ) from error
 
-from ceag_cooper.optim import build_optimizer
+from ceag_cooper.integrations._cooper import DualOptimizerCache
 from ceag_cooper.problems.base import GroupFairnessProblem
 
 __all__ = ["FairnessCallback"]
@@ -47,7 +47,7 @@ class FairnessCallback(L.Callback):
         >>> from ceag_cooper import Unconstrained
         >>> callback = FairnessCallback(Unconstrained(num_groups=2), dual_lr=0.01)
         >>> sorted(callback.state_dict())
-        ['cooper', 'problem', 'pruner']
+        ['dual', 'problem', 'pruner']
     """
 
     def __init__(
@@ -58,15 +58,15 @@ class FairnessCallback(L.Callback):
         log_every_n_steps: int = 50,
         **optimizer_kwargs: Any,
     ) -> None:
-        if not isinstance(problem, GroupFairnessProblem):
-            raise TypeError(f"`problem` must be a GroupFairnessProblem, got {type(problem).__name__}.")
+        self._duals = DualOptimizerCache(problem, optimizer_kwargs)
         self.problem = problem
         self.pruner = pruner
         self.log_every_n_steps = log_every_n_steps
-        self.optimizer_kwargs = optimizer_kwargs
-        self.cooper_optimizer: Any = None
-        self._pending_cooper_state: dict[str, Any] | None = None
-        self._attached_to: Any = None
+
+    @property
+    def cooper_optimizer(self) -> Any:
+        """The Cooper optimizer around the module's optimizer (``None`` before the first :meth:`roll`)."""
+        return self._duals.optimizer
 
     # ------------------------------------------------------------------ the step
     def roll(self, module: L.LightningModule, **compute_cmp_state_kwargs: Any) -> torch.Tensor:
@@ -75,10 +75,7 @@ class FairnessCallback(L.Callback):
         The keyword arguments are those of :meth:`GroupFairnessProblem.compute_cmp_state`
         (``model``, ``inputs``, ``targets``, ``group_ids``, ``estimate_inputs``, ``logits``).
         """
-        primal = module.optimizers()
-        if self.cooper_optimizer is None or self._attached_to is not primal:
-            self._build(primal)
-        rollout = self.cooper_optimizer.roll(compute_cmp_state_kwargs=compute_cmp_state_kwargs)
+        rollout = self._duals.around(module.optimizers()).roll(compute_cmp_state_kwargs=compute_cmp_state_kwargs)
         stats = rollout.cmp_state.misc["stats"]
         module.log("train_loss", stats.loss.detach(), prog_bar=True)
         step = module.trainer.global_step
@@ -95,13 +92,6 @@ class FairnessCallback(L.Callback):
                 module.log("fairness/violated", (violation > 0).sum().float())
         return stats.loss.detach()
 
-    def _build(self, primal: Any) -> None:
-        self.cooper_optimizer = build_optimizer(self.problem, primal, **self.optimizer_kwargs)
-        self._attached_to = primal
-        if self._pending_cooper_state is not None:
-            self.cooper_optimizer.load_state_dict(self._pending_cooper_state)
-            self._pending_cooper_state = None
-
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Attach the pruner's mask hooks to the raw optimizer(s) Lightning built."""
@@ -116,12 +106,14 @@ class FairnessCallback(L.Callback):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Problem (multipliers, buffers, counters), pruner (masks, schedule) and dual optimizer state."""
-        cooper_state = self.cooper_optimizer.state_dict() if self.cooper_optimizer is not None else None
+        """Problem (multipliers, buffers, counters), pruner (masks, schedule) and dual optimizer state.
+
+        The primal optimizer's state is Lightning's own (it saves and restores its optimizers).
+        """
         return {
             "problem": self.problem.state_dict(),
             "pruner": self.pruner.state_dict() if self.pruner is not None else None,
-            "cooper": cooper_state if cooper_state is not None else self._pending_cooper_state,
+            "dual": self._duals.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -131,4 +123,4 @@ class FairnessCallback(L.Callback):
             if state_dict["pruner"] is None:
                 raise ValueError("the checkpoint holds no pruner state, but this callback has a pruner.")
             self.pruner.load_state_dict(state_dict["pruner"])
-        self._pending_cooper_state = state_dict["cooper"]  # applied when the Cooper optimizer is built
+        self._duals.load_state_dict(state_dict["dual"])  # loaded when the Cooper optimizer is built
