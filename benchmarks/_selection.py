@@ -24,6 +24,7 @@ from _harness import arguments, reproduce_command, write_results
 from run_grid import GRIDS, RESULTS_DIR, RUNS_DIR
 
 from ceag_cooper.experiments import ExperimentConfig, run_experiment
+from ceag_cooper.metrics import DisparityReport
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=doc.splitlines()[0])
     result.add_argument("--grid", choices=sorted(GRIDS), required=True)
     result.add_argument("--sparsity", type=float, default=None, help="default: the grid's first")
-    result.add_argument("--accuracy-slack", type=float, default=0.01)
+    result.add_argument("--accuracy-slack", type=float, default=None, help="default: the selection's (1 point)")
     result.add_argument("--output", type=Path, default=RESULTS_DIR)
     result.add_argument("--data-dir", default=None)
     return result
@@ -75,15 +76,27 @@ class CellRunner:
         return result
 
 
-def scores(result: dict[str, Any]) -> dict[str, float]:
-    """Accuracy and disparity of a cell on the held-out 20% ("validation") and on the fitted 80%."""
-    held, fit = result["reports"]["test"]["overall"], result["reports"]["train"]["overall"]
+def scores(
+    result: dict[str, Any], fit_min_count: int | None = None, validation_min_count: int | None = None
+) -> dict[str, float]:
+    """Accuracy and disparity of a cell on the held-out 20% ("validation") and on the fitted 80%.
+
+    With ``*_min_count`` the max ψ of that part counts only the groups with at least that many
+    samples in it (:meth:`DisparityReport.max_psi_among`).
+    """
+    held, fit = result["reports"]["test"], result["reports"]["train"]
+
+    def max_psi(report: dict[str, Any], min_count: int | None) -> float:
+        if min_count is None:
+            return report["overall"]["max_psi"]
+        return DisparityReport.from_dict(report).max_psi_among(min_count=min_count)
+
     return {
-        "validation_accuracy": held["sparse_accuracy"],
-        "validation_max_psi": held["max_psi"],
-        "validation_psi_pw": held["psi_pw"],
-        "fit_accuracy": fit["sparse_accuracy"],
-        "fit_max_psi": fit["max_psi"],
+        "validation_accuracy": held["overall"]["sparse_accuracy"],
+        "validation_max_psi": max_psi(held, validation_min_count),
+        "validation_psi_pw": held["overall"]["psi_pw"],
+        "fit_accuracy": fit["overall"]["sparse_accuracy"],
+        "fit_max_psi": max_psi(fit, fit_min_count),
     }
 
 

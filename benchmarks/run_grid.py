@@ -119,8 +119,10 @@ GRIDS: dict[str, dict[str, Any]] = {
     },
     "adult_many_groups": {
         # Issue #15's many-groups task: 156 groups (sex x age bucket x occupation), 91 with >= 100 training
-        # samples; tabular, so a cell is minutes. Knobs are to be chosen in validation mode before the runs
-        # (select_protocol.py) and recorded as "selected"; until then the grid must not be reported.
+        # samples; tabular, so a cell is minutes. Knobs are chosen in validation mode before the runs by
+        # select_protocol.py with its many-groups candidates and rule ("selection") and recorded as
+        # "selected"; until then the grid must not be reported.
+        "selection": "many_groups",
         "base": {
             "task": "adult",
             "target": "income",
@@ -194,7 +196,7 @@ def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> s
         f"{method}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in settings.items())
         for method, settings in selected.items()
     )
-    protocol = name.endswith("_12ep")  # chosen by select_protocol.py; the other grids by select_hparams.py
+    protocol = name.endswith("_12ep") or "selection" in grid  # select_protocol.py; the others select_hparams.py
     script, record = (
         ("select_protocol", f"select_protocol_{name}") if protocol else ("select_hparams", f"select_{name}")
     )

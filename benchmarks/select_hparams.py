@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options.add_argument("--method", default="ceag", help="the constrained method whose dual lr is chosen")
     given, cmd = command("select_hparams.py", argv)
     args = options.parse_args(given)
+    args.accuracy_slack = 0.01 if args.accuracy_slack is None else args.accuracy_slack
     base = {**base_config(args), "seed": args.seed}
     configs = [ExperimentConfig.from_dict({**base, "method": "nft"})]
     configs += [ExperimentConfig.from_dict({**base, "method": args.method, "dual_lr": lr}) for lr in args.dual_lrs]

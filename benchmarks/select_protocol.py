@@ -45,15 +45,52 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 """CEAG candidates (overrides of the grid's base, which sets the schedule and the selection of the
 final iterate); dual lr 0.01 with SGD unless said otherwise."""
+MANY_GROUP_CANDIDATES: dict[str, dict[str, Any]] = {
+    "dual lr 0.01": {"dual_lr": 0.01},
+    "dual lr auto": {"dual_lr": "auto"},
+    "0.01, exact small groups": {"dual_lr": 0.01, "fit_buffers_to_groups": True},
+    "auto, exact small groups": {"dual_lr": "auto", "fit_buffers_to_groups": True},
+    "0.01, exact small groups, eval estimates": {
+        "dual_lr": 0.01,
+        "fit_buffers_to_groups": True,
+        "constraint_estimate": "eval",
+    },
+    "detached overall, auto, exact small groups": {
+        "method": "ceag_detach_overall",
+        "dual_lr": "auto",
+        "fit_buffers_to_groups": True,
+    },
+}
+"""Issue #15's candidates for a many-groups grid (a grid opts in with ``"selection"``): the dual step
+size (fixed or Cooper's 10 x primal lr / C), buffers no larger than each group (its exact estimate
+instead of repeats), eval-mode estimates, and the detached overall term."""
 RULE = (
     "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
     "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
 )
+MANY_GROUP_RULE = (
+    "accurate enough (mean validation accuracy within the slack, 2 points, of NFT's) first; then the most seeds "
+    "whose final model has max ψ ≤ ε, in eval mode on the fitted 80%, over the groups with at least 80 samples "
+    "there (100 in the whole training split: the groups issue #15's target judges); then the smallest mean "
+    "validation max ψ over the groups with at least 20 validation samples."
+)
 
 
-def summarize(name: str, results: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    """Per-seed scores and their means for one candidate."""
-    per_seed = [scores(r) for r in results]
+def selection_of(grid: dict[str, Any]) -> dict[str, Any]:
+    """A grid's selection: its candidates, rule, accuracy slack and the group sizes its scores count."""
+    if grid.get("selection") == "many_groups":
+        return {"candidates": MANY_GROUP_CANDIDATES, "rule": MANY_GROUP_RULE, "accuracy_slack": 0.02,
+                "fit_min_count": 80, "validation_min_count": 20}  # fmt: skip
+    return {"candidates": CANDIDATES, "rule": RULE, "accuracy_slack": 0.01, "fit_min_count": None,
+            "validation_min_count": None}  # fmt: skip
+
+
+def summarize(
+    name: str, results: list[dict[str, Any]], tolerance: float, selection: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per-seed scores and their means for one candidate (max ψ over large enough groups, if the selection says)."""
+    selection = selection or selection_of({})
+    per_seed = [scores(r, selection["fit_min_count"], selection["validation_min_count"]) for r in results]
     row: dict[str, Any] = {"name": name, "seeds": [r["config"]["seed"] for r in results], "per_seed": per_seed}
     for key in per_seed[0]:
         row[key] = statistics.mean(s[key] for s in per_seed)
@@ -78,23 +115,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the candidates (finished ones are reused) and write ``select_protocol_<grid>.{json,md}``."""
     options = parser(__doc__)
     options.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
-    options.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    everything = sorted({*CANDIDATES, *MANY_GROUP_CANDIDATES})
+    options.add_argument("--candidates", nargs="+", default=None, choices=everything, help="default: the grid's")
     given, cmd = command("select_protocol.py", argv)
     args = options.parse_args(given)
+    selection = selection_of(GRIDS[args.grid])
+    candidates = selection["candidates"]
+    names = args.candidates if args.candidates is not None else list(candidates)
+    unknown = [name for name in names if name not in candidates]
+    if unknown:
+        options.error(f"grid {args.grid!r} has no candidate(s) {unknown}; its candidates: {sorted(candidates)}")
+    if args.accuracy_slack is None:
+        args.accuracy_slack = selection["accuracy_slack"]
     base = base_config(args)
-    plan = {"NFT": {"method": "nft"}, **{name: {"method": "ceag", **CANDIDATES[name]} for name in args.candidates}}
+    plan = {"NFT": {"method": "nft"}, **{name: {"method": "ceag", **candidates[name]} for name in names}}
     run, results = CellRunner(load_task), {name: [] for name in plan}
     for seed in args.seeds:  # seeds outermost: one dense model per seed
         for name, overrides in plan.items():
             config = ExperimentConfig.from_dict({**base, **overrides, "seed": seed})
             results[name].append(run(config, f"{name}, seed {seed}"))
     tolerance = results["NFT"][0]["config"]["tolerance"]
-    nft = summarize("NFT", results.pop("NFT"), tolerance)
-    rows = [summarize(name, runs, tolerance) for name, runs in results.items()]
+    nft = summarize("NFT", results.pop("NFT"), tolerance, selection)
+    rows = [summarize(name, runs, tolerance, selection) for name, runs in results.items()]
     chosen = choose(rows, nft["validation_accuracy"], args.accuracy_slack)
-    payload = {"grid": args.grid, "command": cmd, "rule": RULE, "tolerance": tolerance,
-               "settings": {k: base[k] for k in ("sparsity", "validation")}, "seeds": list(args.seeds),
-               "candidates_overrides": {n: CANDIDATES[n] for n in args.candidates}, "nft": nft,
+    rule = selection["rule"]
+    payload = {"grid": args.grid, "command": cmd, "rule": rule, "tolerance": tolerance,
+               "accuracy_slack": args.accuracy_slack, "settings": {k: base[k] for k in ("sparsity", "validation")},
+               "seeds": list(args.seeds), "candidates_overrides": {n: candidates[n] for n in names}, "nft": nft,
                "candidates": rows, "chosen": chosen["name"]}  # fmt: skip
     table = [
         "| run | settings | validation acc | validation max ψ | fitted acc | fitted max ψ | fitted max ψ ≤ ε |",
@@ -102,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ]
     for row in [nft, *rows]:
         mark = " **(chosen)**" if row is chosen else ""
-        settings = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(row["name"], {}).items()) or "–"
+        settings = ", ".join(f"{k}={v}" for k, v in candidates.get(row["name"], {}).items()) or "–"
         table.append(
             f"| {row['name']}{mark} | {settings} | {100 * row['validation_accuracy']:.2f} "
             f"| {100 * row['validation_max_psi']:.2f} | {100 * row['fit_accuracy']:.2f} "
@@ -112,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     intro = (
         f"Sparsity {100 * base['sparsity']:g}%, seeds {', '.join(map(str, args.seeds))}, ε = {100 * tolerance:g} "
         f"point(s); every run has the grid's schedule and returns its feasibility-first iterate. Rule, fixed "
-        f"before any run: {RULE} Means over seeds, accuracy points."
+        f"before any run: {rule} Means over seeds, accuracy points."
     )
     write(args.output, f"select_protocol_{args.grid}", payload, page(title, intro, cmd, table))
     return payload

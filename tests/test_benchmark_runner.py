@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import ceag_cooper as cc
 from ceag_cooper import NonFiniteError
 
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_grid.py"
@@ -213,7 +214,7 @@ def test_settings_selected_for_a_method_override_the_base_and_are_stated(tmp_pat
 def test_each_grid_runs_with_the_dual_lr_chosen_for_its_task_on_held_out_data():
     runner = load_runner()
     for name, grid in runner.GRIDS.items():
-        if name.endswith("_12ep"):  # their options come from select_protocol (the test below)
+        if name.endswith("_12ep") or "selection" in grid:  # their options come from select_protocol (below)
             continue
         path = RUNNER.parent / "results" / f"select_{name}.json"
         if not path.exists():
@@ -311,3 +312,24 @@ def test_overhead_quick_writes_one_backend_and_its_step_rows(tmp_path):
     assert "Bookkeeping: vectorized torch operators" in page
     assert {10_000, 100_000} <= set(overhead.GROUP_COUNTS)
     assert overhead.STEP_TARGETS[10_000] == overhead.STEP_TARGETS[100_000] == 1.05
+
+
+def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve():
+    """A tiny group's psi never decides a many-groups selection; an unknown candidate is refused by name."""
+    select = load_module("select_protocol")
+    selection = select.selection_of(load_runner().GRIDS["adult_many_groups"])
+    assert selection["candidates"] is select.MANY_GROUP_CANDIDATES
+    assert selection["accuracy_slack"] == 0.02
+
+    def cell(tiny_psi, seed=0):  # a big group at psi 1 point, a 5-sample group at `tiny_psi`, on both parts
+        report = cc.DisparityReport(["big", "tiny"], [0.9, 0.9], [0.88 - 0.01, 0.88 - tiny_psi], [500, 5], 0.9, 0.88)
+        reports = {"train": report.to_dict(), "test": report.to_dict()}
+        return {"config": {"seed": seed}, "reports": reports, "final_iterate": "last"}
+
+    row = select.summarize("x", [cell(0.30), cell(0.0, seed=1)], tolerance=0.02, selection=selection)
+    assert row["fit_max_psi"] == pytest.approx(0.01, abs=1e-9)  # the 30-point tiny group is not counted
+    assert row["fit_feasible_seeds"] == 2
+    plain = select.summarize("x", [cell(0.30)], tolerance=0.02)  # the bound grids count every group
+    assert plain["fit_max_psi"] == pytest.approx(0.30)
+    with pytest.raises(SystemExit):
+        select.main(["--grid", "adult_many_groups", "--candidates", "eval estimates", "--output", "/nonexistent"])
