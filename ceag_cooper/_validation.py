@@ -42,11 +42,15 @@ class NonFiniteError(ValueError):
 
 
 def _assert_values(condition: torch.Tensor, message: str, error: type[ValueError] = ValueError) -> None:
-    """Raise ``error(message)`` unless ``condition`` (a 0-d bool tensor) holds."""
-    if condition.device.type == "cpu":
+    """Raise ``error(message)`` unless ``condition`` (a 0-d bool tensor) holds.
+
+    Eager on CPU: a host read (free there) and a Python error. On an accelerator, and inside
+    ``torch.compile`` (where a host read would break the graph), a queued ``torch._assert_async``.
+    """
+    if condition.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(condition):
             raise error(message)
-    else:  # pragma: no cover - exercised on accelerators only
+    else:
         torch._assert_async(condition, message)
 
 

@@ -182,6 +182,15 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             return None
         return self.fairness.multiplier.weight.detach().flatten().clone()
 
+    def step_label(self, offset: int = 0) -> str:
+        """``"step <num_steps + offset>"``, for messages; ``"a compiled step"`` under ``torch.compile``.
+
+        The count may be symbolic there, and formatting it would break the graph.
+        """
+        if torch.compiler.is_compiling():
+            return "a compiled step"
+        return f"step {self.num_steps + offset}"
+
     @property
     def heldout(self) -> Iterable | None:
         """The held-out batches the multiplier step is estimated on (``None``: the training batches)."""
@@ -239,7 +248,7 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             logits = call_model(model, inputs)
         if targets is None or group_ids is None:
             raise ValueError("`targets` and `group_ids` are required.")
-        step = f"step {self.num_steps}"
+        step = self.step_label()
         stats = distributed.run_together(lambda: self.batch_statistics(logits, targets, group_ids), step)
         if self.skip_nonfinite and sync.any_rank_nonfinite(stats.loss):
             # No loss and no constraint: Cooper computes no gradient, and torch optimizers skip
@@ -271,7 +280,7 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         violation = torch.where(proxy_observed, proxy, torch.zeros_like(proxy)).to(dtype)
         strict_violation = torch.where(strict_observed, strict, torch.zeros_like(strict)).detach().to(dtype)
         if self.check_finite:
-            check_finite(strict_violation, f"the strict violation at step {self.num_steps - 1}")
+            check_finite(strict_violation, f"the strict violation at {self.step_label(-1)}")
         misc.update(strict_violation=strict_violation, observed=strict_observed)
         state = cooper.ConstraintState(
             violation=violation,

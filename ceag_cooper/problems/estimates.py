@@ -94,7 +94,7 @@ def multiplier_statistics(
     (``heldout=``), or one eval-mode, no-grad pass of the clean batch (``"eval"``).
     """
     if problem.check_finite:
-        check_finite(stats.loss, f"the batch loss at step {problem.num_steps}")
+        check_finite(stats.loss, f"the batch loss at {problem.step_label()}")
     if problem._heldout is not None:
         if model is None or inputs is None:
             raise ValueError(
