@@ -312,6 +312,24 @@ def test_a_run_is_reproduced_from_its_results_json_and_flags_override_it(tmp_pat
     assert "unknown settings ['tolerence']" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not UTKFACE.is_file(), reason=f"UTKFace archive not found at {UTKFACE}")
+def test_prune_a_torchvision_resnet18_by_channels_end_to_end_and_rerun_it_from_its_results(tmp_path):
+    """Issue #17: `prune --model resnet18 --pruning channel --device cpu` on a subset, then `--config` reruns it."""
+    pytest.importorskip("torchvision", reason="torchvision (the `vision` extra) is not installed")
+    flags = ["--task", "utkface", "--model", "resnet18", "--pruning", "channel", "--device", "cpu", "--subset", "256",
+             "--image-size", "32", "--dense-epochs", "1", "--prune-epochs", "1", "--finetune-epochs", "1",
+             "--sparsity", "0.3", "--method", "ceag", "--no-augment"]  # fmt: skip
+    assert main(["prune", *flags, "--output-dir", str(tmp_path / "first")]) == 0
+    path = next((tmp_path / "first" / "results").glob("*.json"))
+    first = json.loads(path.read_text())
+    assert first["config"]["model"] == "resnet18"
+    assert first["config"]["pruning"] == "channel"
+    assert 0.0 < first["sparsity"] < 1.0  # the fraction of weights that are zero
+    assert main(["prune", "--config", str(path), "--output-dir", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results" / path.name).read_text())
+    assert again["reports"] == first["reports"]  # the same numbers from the results file alone
+
+
 def test_model_names_reach_the_right_builder():
     """resnet18 was caught by the CIFAR-ResNet branch ('depth must be 6n + 2'); Adult ignored --target."""
     from ceag_cooper.experiments import build_model

@@ -206,3 +206,34 @@ def test_bert_from_a_config_is_refused_clearly():
     pruner.step(0)
     with pytest.raises(ValueError, match="breaks the model's forward pass"):
         pruner.finalize()
+
+
+TIMM_MODELS = {  # name -> (constructor options, input, outcome); built locally, no weights downloaded
+    "resnet18": ({}, (2, 3, 64, 64), "exact"),
+    "mobilenetv3_small_100": ({}, (2, 3, 64, 64), "exact"),
+    "convnext_atto": ({}, (2, 3, 64, 64), r"'stages\.3\.blocks\.0\.norm' \(LayerNorm2d\) normalizes over the channels"),
+    "vit_tiny_patch16_224": ({"img_size": 32}, (2, 3, 32, 32), r"'norm' \(LayerNorm\) normalizes over the channels"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_MODELS))
+def test_timm_models_finalize_exactly_or_are_refused_clearly(name):
+    """Issue #17's models as people have them: masked == finalized within 1e-5, or a refusal naming the layer."""
+    timm = pytest.importorskip("timm", reason="timm (needs torchvision) is not installed")
+    torch.manual_seed(0)
+    options, shape, outcome = TIMM_MODELS[name]
+    model = timm.create_model(name, pretrained=False, num_classes=5, **options).eval()
+    example = torch.randn(*shape)
+    dense = model(example).detach()
+    pruner = ChannelPruner(model, example, schedule=OneShotSchedule(0.3))
+    if outcome != "exact":  # channel-mixing norms: refused before any mask is set
+        with pytest.raises(ValueError, match=outcome):
+            pruner.step(0)
+        torch.testing.assert_close(model(example), dense)
+        assert pruner.measured_sparsity() == 0.0
+        return
+    pruner.step(0)
+    masked = model(example).detach()
+    small = pruner.finalize()
+    assert (small(example) - masked).abs().max().item() <= 1e-5 * max(1.0, masked.abs().max().item())
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * pruner.dense_params  # 30% of channels removed
