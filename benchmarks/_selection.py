@@ -32,7 +32,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=doc.splitlines()[0])
     result.add_argument("--grid", choices=sorted(GRIDS), required=True)
     result.add_argument("--sparsity", type=float, default=None, help="default: the grid's first")
-    result.add_argument("--accuracy-slack", type=float, default=None, help="default: the selection's (1 point)")
+    result.add_argument(
+        "--accuracy-slack", type=float, default=None, help="default: the selection's (1 point; 2 for many groups)"
+    )
     result.add_argument("--output", type=Path, default=RESULTS_DIR)
     result.add_argument("--data-dir", default=None)
     return result

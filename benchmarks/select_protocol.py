@@ -17,6 +17,7 @@ in eval mode, then the smallest mean validation max ψ) and take the first. ε i
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -106,7 +107,7 @@ def choose(rows: list[dict[str, Any]], nft_accuracy: float, slack: float) -> dic
         key=lambda r: (
             r["validation_accuracy"] < nft_accuracy - slack,
             -r["fit_feasible_seeds"],
-            r["validation_max_psi"],
+            math.inf if math.isnan(r["validation_max_psi"]) else r["validation_max_psi"],  # nan: no group counted
         ),
     )
 

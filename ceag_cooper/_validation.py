@@ -18,6 +18,7 @@ __all__ = [
     "check_non_negative_float",
     "check_positive_int",
     "check_same_device",
+    "is_compiling",
 ]
 
 
@@ -25,9 +26,10 @@ class NonFiniteError(ValueError):
     """A batch loss or a constraint violation is NaN or infinite: training has diverged.
 
     A ``ValueError``, so code that catches those still does; catch this one to tell divergence
-    apart from bad input (a benchmark grid records it as a result and goes on). Raised on CPU;
-    on an accelerator the check is queued with ``torch._assert_async``, which fails with a
-    ``RuntimeError`` at the next synchronization instead.
+    apart from bad input (a benchmark grid records it as a result and goes on). Raised on CPU in
+    eager mode; on an accelerator, and inside ``torch.compile`` on any device, the check is queued
+    with ``torch._assert_async``, which fails with a ``RuntimeError`` carrying the same message (at
+    the next synchronization on an accelerator) instead.
 
     Example:
         >>> import torch
@@ -41,13 +43,21 @@ class NonFiniteError(ValueError):
     """
 
 
+def is_compiling() -> bool:
+    """Whether this code is being traced by ``torch.compile`` (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if check is None:  # torch 2.1 / 2.2
+        check = torch._dynamo.is_compiling
+    return bool(check())
+
+
 def _assert_values(condition: torch.Tensor, message: str, error: type[ValueError] = ValueError) -> None:
     """Raise ``error(message)`` unless ``condition`` (a 0-d bool tensor) holds.
 
     Eager on CPU: a host read (free there) and a Python error. On an accelerator, and inside
     ``torch.compile`` (where a host read would break the graph), a queued ``torch._assert_async``.
     """
-    if condition.device.type == "cpu" and not torch.compiler.is_compiling():
+    if condition.device.type == "cpu" and not is_compiling():
         if not bool(condition):
             raise error(message)
     else:

@@ -314,7 +314,7 @@ def test_overhead_quick_writes_one_backend_and_its_step_rows(tmp_path):
     assert overhead.STEP_TARGETS[10_000] == overhead.STEP_TARGETS[100_000] == 1.05
 
 
-def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve():
+def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
     """A tiny group's psi never decides a many-groups selection; an unknown candidate is refused by name."""
     select = load_module("select_protocol")
     selection = select.selection_of(load_runner().GRIDS["adult_many_groups"])
@@ -331,5 +331,8 @@ def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve():
     assert row["fit_feasible_seeds"] == 2
     plain = select.summarize("x", [cell(0.30)], tolerance=0.02)  # the bound grids count every group
     assert plain["fit_max_psi"] == pytest.approx(0.30)
+    nan_row = {**row, "name": "none counted", "validation_max_psi": float("nan")}
+    assert select.choose([nan_row, row], nft_accuracy=0.8, slack=0.02)["name"] == "x"  # nan never wins a tie
     with pytest.raises(SystemExit):
         select.main(["--grid", "adult_many_groups", "--candidates", "eval estimates", "--output", "/nonexistent"])
+    assert "has no candidate(s) ['eval estimates']" in capsys.readouterr().err

@@ -144,3 +144,32 @@ def test_the_trainer_prunes_on_schedule_and_resumes_the_masks(tmp_path):
     torch.save(saved, tmp_path / "checkpoint-6" / PROBLEM_STATE_FILE)
     with pytest.raises(ValueError, match="no pruner state"):
         setup(tmp_path)[2].train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+
+
+def test_a_nupi_dual_resumes_and_the_trainer_refuses_what_it_cannot_do_right(tmp_path):
+    """nuPI's state (an enum inside) loads under weights_only; accumulation warns; masks need their pruner."""
+    data = rows()
+    reference = cc.evaluate_groups(tiny_bert(), list(batches(data)), groups=2)
+    nupi = {"dual_lr": 0.5, "dual_optimizer": "nupi", "proportional_gain": 1.0, "ema_nu": 0.5}
+    trainer = FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path), train_dataset=data,
+                              problem=cc.CEAG(reference=reference, buffer_size=4), cooper_kwargs=nupi)  # fmt: skip
+    trainer.train()
+    resumed = FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path), train_dataset=data,
+                              problem=cc.CEAG(reference=reference, buffer_size=4), cooper_kwargs=nupi)  # fmt: skip
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))  # raised UnpicklingError before
+    assert resumed.state.global_step == 12
+    problem = cc.CEAG(reference=reference, buffer_size=4)
+    twice = arguments(tmp_path / "a", gradient_accumulation_steps=2)
+    with pytest.warns(UserWarning, match="one dual step per micro-batch"):
+        accumulating = FairnessTrainer(model=tiny_bert(), args=twice, train_dataset=data, problem=problem)
+    assert accumulating.model_accepts_loss_kwargs is False  # so that the Trainer divides the loss by the steps
+    with pytest.raises(ValueError, match="`order` must be one of"):
+        FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path / "o"), train_dataset=data, problem=problem,
+                        cooper_kwargs={"order": "Simultaneous"})  # fmt: skip
+    saved = torch.load(tmp_path / "checkpoint-6" / PROBLEM_STATE_FILE, weights_only=False)
+    saved["pruner"] = {"masks": {}}
+    torch.save(saved, tmp_path / "checkpoint-6" / PROBLEM_STATE_FILE)
+    with pytest.raises(ValueError, match="holds pruning masks: pass the run's pruner"):
+        FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path), train_dataset=data,
+                        problem=cc.CEAG(reference=reference, buffer_size=4),
+                        cooper_kwargs=nupi).train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))  # fmt: skip

@@ -82,3 +82,23 @@ def test_a_lightning_fit_prunes_moves_multipliers_checkpoints_and_resumes(tmp_pa
     assert trainer2.global_step == 4 * 8
     for name, mask in callback2.pruner.masks.items():  # the masks held through the resumed epoch
         assert torch.all(dict(module2.net.named_parameters())[name][~mask] == 0)
+
+
+def test_callback_state_of_the_earlier_layout_loads_and_a_foreign_one_is_refused_before_loading():
+    """Before the "dual" entry the callback saved the whole Cooper state under "cooper"; its dual part is used."""
+    problem = cc.Unconstrained(num_groups=2)
+    callback = FairnessCallback(problem)
+    dual_state = [{"state": {}, "param_groups": [{"lr": 0.5, "params": [0]}]}]
+    old = {"problem": problem.state_dict(), "pruner": None,
+           "cooper": {"primal_optimizer_states": [{}], "dual_optimizer_states": dual_state}}  # fmt: skip
+    callback.load_state_dict(old)
+    assert callback.state_dict()["dual"] == dual_state  # pending until the Cooper optimizer is built
+    with pytest.raises(ValueError, match=r"keys \['problem', 'pruner'\], not those FairnessCallback writes"):
+        callback.load_state_dict({"problem": problem.state_dict(), "pruner": None})
+    net = torch.nn.Linear(6, 2)
+    masked = {"problem": problem.state_dict(), "pruner": {"masks": {}}, "dual": None}
+    with pytest.raises(ValueError, match="holds pruning masks: pass the run's pruner"):
+        FairnessCallback(problem).load_state_dict(masked)
+    pruner = MagnitudePruner(net, schedule=GradualSchedule(0.5, num_updates=2), prune_last_linear=True)
+    with pytest.raises(ValueError, match="no pruner state"):
+        FairnessCallback(problem, pruner=pruner).load_state_dict({**masked, "pruner": None})

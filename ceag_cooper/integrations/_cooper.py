@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from ceag_cooper.optim import build_optimizer
+import cooper
+import torch
+
+from ceag_cooper.optim import StepOrder, build_optimizer
 from ceag_cooper.problems.base import GroupFairnessProblem
 
 __all__ = ["DualOptimizerCache"]
+
+# nuPI's optimizer state names its initialization scheme by an enum; the frameworks load their
+# checkpoints with torch.load(weights_only=True), which refuses it unless allowed (nothing else is).
+torch.serialization.add_safe_globals([cooper.optim.nuPIInitType])
 
 
 class DualOptimizerCache:
@@ -29,6 +36,8 @@ class DualOptimizerCache:
         self.problem = problem
         self.optimizer_kwargs = dict(optimizer_kwargs)
         self.order: str = self.optimizer_kwargs.get("order", "dual_primal")
+        if self.order not in get_args(StepOrder):  # checked now, not after the first batch's forward pass
+            raise ValueError(f"`order` must be one of {list(get_args(StepOrder))}, got {self.order!r}.")
         self.optimizer: Any = None
         self._primal: Any = None
         self._pending: list[dict[str, Any]] | None = None

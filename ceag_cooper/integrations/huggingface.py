@@ -24,6 +24,7 @@ problems call them through :func:`ceag_cooper.metrics.call_model`. Needs ``trans
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,19 @@ class FairnessTrainer(transformers.Trainer):
         self.group_ids_key = group_ids_key
         self._duals = duals
         self._deferred: Any = None  # the batch's CMP state, for the dual step after backward (simultaneous)
+        # compute_loss returns a mean over the micro-batch: the Trainer must divide it for gradient
+        # accumulation (it skips that for models whose forward takes **kwargs, expecting num_items_in_batch).
+        self.model_accepts_loss_kwargs = False
+        steps = self.args.gradient_accumulation_steps
+        if steps > 1:
+            warnings.warn(
+                f"FairnessTrainer takes one dual step per micro-batch: with gradient_accumulation_steps={steps} the "
+                f"multipliers move {steps} times per optimizer step (divide dual_lr by {steps} for the rate of one "
+                "step per update), and under order='simultaneous' the later micro-batches of an update see "
+                "multipliers already moved in it.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.pruner = pruner
         if pruner is not None:
             self.add_callback(_PruningCallback(pruner))
@@ -86,7 +100,7 @@ class FairnessTrainer(transformers.Trainer):
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any
     ) -> Any:
-        """Training: dual step, then the primal Lagrangian; evaluation: the plain loss."""
+        """Training: the primal Lagrangian (after the dual step, in the default order); evaluation: the plain loss."""
         inputs = dict(inputs)
         if self.group_ids_key not in inputs:
             raise ValueError(
@@ -167,9 +181,14 @@ class FairnessTrainer(transformers.Trainer):
             saved = torch.load(path, weights_only=True)
             self.problem.load_state_dict(saved["problem"])
             self._duals.load_state_dict(saved["dual"])
+            if self.pruner is not None and saved.get("pruner") is None:
+                raise ValueError(f"{path} holds no pruner state, but this FairnessTrainer has a pruner.")
+            if self.pruner is None and saved.get("pruner") is not None:
+                raise ValueError(
+                    f"{path} holds pruning masks: pass the run's pruner (FairnessTrainer(..., pruner=...)), or the "
+                    "pruned weights would grow back at the next step."
+                )
             if self.pruner is not None:
-                if saved.get("pruner") is None:
-                    raise ValueError(f"{path} holds no pruner state, but this FairnessTrainer has a pruner.")
                 self.pruner.load_state_dict(saved["pruner"])
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -180,12 +199,19 @@ class _PruningCallback(transformers.TrainerCallback):
     def __init__(self, pruner: Any) -> None:
         self.pruner = pruner
         self._attached: list[Any] = []
+        self._epochs_done = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         raw = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer under accelerate's wrapper
         if not any(raw is seen for seen in self._attached):  # a second train() must not stack hooks
             self.pruner.attach(raw)
             self._attached.append(raw)
+        # Counted here, not read from state.epoch at each epoch start: with a streaming data set that
+        # float ends each pass short of a whole number. A resumed run starts from the epochs it had done.
+        self._epochs_done = int(state.epoch + 1e-6) if state.epoch else 0
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.pruner.step(int(state.epoch + 1e-6) + 1)  # state.epoch: epochs done (a float, exact at epoch ends)
+        self.pruner.step(self._epochs_done + 1)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._epochs_done += 1

@@ -117,10 +117,28 @@ class FairnessCallback(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (Lightning calls it when resuming from a checkpoint)."""
+        """Restore :meth:`state_dict` output (Lightning calls it when resuming from a checkpoint).
+
+        Everything is checked before anything is loaded. Checkpoints of ceag-cooper 0.2.0 before the
+        ``"dual"`` entry held the whole Cooper optimizer state under ``"cooper"``; its dual part is used.
+        """
+        if "dual" in state_dict:
+            dual = state_dict["dual"]
+        elif "cooper" in state_dict:  # the earlier layout: primal (Lightning restores it itself) and dual states
+            dual = None if state_dict["cooper"] is None else state_dict["cooper"].get("dual_optimizer_states")
+        else:
+            raise ValueError(
+                f"this callback state has keys {sorted(state_dict)}, not those FairnessCallback writes "
+                "('problem', 'pruner', 'dual'): resume from a checkpoint of a fit with this callback."
+            )
+        if self.pruner is not None and state_dict.get("pruner") is None:
+            raise ValueError("the checkpoint holds no pruner state, but this callback has a pruner.")
+        if self.pruner is None and state_dict.get("pruner") is not None:
+            raise ValueError(
+                "the checkpoint holds pruning masks: pass the run's pruner (FairnessCallback(..., pruner=...)), or "
+                "the pruned weights would grow back at the next step."
+            )
         self.problem.load_state_dict(state_dict["problem"])
         if self.pruner is not None:
-            if state_dict["pruner"] is None:
-                raise ValueError("the checkpoint holds no pruner state, but this callback has a pruner.")
             self.pruner.load_state_dict(state_dict["pruner"])
-        self._duals.load_state_dict(state_dict["dual"])  # loaded when the Cooper optimizer is built
+        self._duals.load_state_dict(dual)  # loaded when the Cooper optimizer is built

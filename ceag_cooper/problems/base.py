@@ -182,15 +182,6 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             return None
         return self.fairness.multiplier.weight.detach().flatten().clone()
 
-    def step_label(self, offset: int = 0) -> str:
-        """``"step <num_steps + offset>"``, for messages; ``"a compiled step"`` under ``torch.compile``.
-
-        The count may be symbolic there, and formatting it would break the graph.
-        """
-        if torch.compiler.is_compiling():
-            return "a compiled step"
-        return f"step {self.num_steps + offset}"
-
     @property
     def heldout(self) -> Iterable | None:
         """The held-out batches the multiplier step is estimated on (``None``: the training batches)."""

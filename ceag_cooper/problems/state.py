@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ceag_cooper._validation import is_compiling
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 
 __all__ = ["RegisteredState"]
@@ -51,6 +52,15 @@ class RegisteredState:
         return module
 
     # ------------------------------------------------------------------- device & state
+    def step_label(self, offset: int = 0) -> str:
+        """``"step <num_steps + offset>"``, for messages; ``"a compiled step"`` under ``torch.compile``.
+
+        The count may be symbolic there, and formatting it would break the graph.
+        """
+        if is_compiling():
+            return "a compiled step"
+        return f"step {self.num_steps + offset}"
+
     def to(self, *args: Any, **kwargs: Any) -> Any:
         """Move (or cast) multipliers, references and registered state (``problem.to("cuda")``)."""
         super().to(*args, **kwargs)

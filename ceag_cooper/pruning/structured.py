@@ -22,6 +22,7 @@ from torch import nn
 
 from ceag_cooper._modes import preserved_modes
 from ceag_cooper.pruning._channel_checks import (
+    FINALIZE_TOLERANCE,  # noqa: F401  (importable from here, as before the split)
     MASKABLE,
     channel_importance,
     check_maskable,
