@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import arguments, reproduce_command, write_results
 from run_grid import GRIDS, RESULTS_DIR, RUNS_DIR
 
+from ceag_cooper import NonFiniteError
 from ceag_cooper.experiments import ExperimentConfig, run_experiment
 from ceag_cooper.metrics import DisparityReport
 
@@ -70,11 +73,19 @@ class CellRunner:
         if path.exists():
             return json.loads(path.read_text())
         started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            self.task = self.task or self.load_task(config)
-            result = run_experiment(config, task=self.task, progress=False, resume=True)
-        print(f"{label}: {time.perf_counter() - started:.0f} s", flush=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.task = self.task or self.load_task(config)
+                result = run_experiment(config, task=self.task, progress=False, resume=True)
+        except NonFiniteError as error:  # a candidate that diverges is a result (it loses), as in run_grid
+            result = {"run": config.run_name(), "config": asdict(config), "failed": str(error)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2) + "\n")
+        print(
+            f"{label}: {time.perf_counter() - started:.0f} s" + (" (diverged)" if "failed" in result else ""),
+            flush=True,
+        )
         return result
 
 
@@ -86,6 +97,9 @@ def scores(
     With ``*_min_count`` the max ψ of that part counts only the groups with at least that many
     samples in it (:meth:`DisparityReport.max_psi_among`).
     """
+    if "failed" in result:  # diverged: no accuracy, unbounded disparity
+        return {"validation_accuracy": 0.0, "validation_max_psi": math.inf, "validation_psi_pw": math.inf,
+                "fit_accuracy": 0.0, "fit_max_psi": math.inf}  # fmt: skip
     held, fit = result["reports"]["test"], result["reports"]["train"]
 
     def max_psi(report: dict[str, Any], min_count: int | None) -> float:

@@ -336,3 +336,17 @@ def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
     with pytest.raises(SystemExit):
         select.main(["--grid", "adult_many_groups", "--candidates", "eval estimates", "--output", "/nonexistent"])
     assert "has no candidate(s) ['eval estimates']" in capsys.readouterr().err
+
+
+def test_a_many_groups_grid_runs_the_committed_choice():
+    runner, select = load_runner(), load_module("select_protocol")
+    for name, grid in runner.GRIDS.items():
+        if grid.get("selection") != "many_groups":
+            continue
+        path = RUNNER.parent / "results" / f"select_protocol_{name}.json"
+        if not path.exists():
+            assert "selected" not in grid, f"{name} claims a selection that is not committed"
+            continue
+        settings = dict(select.MANY_GROUP_CANDIDATES[json.loads(path.read_text())["chosen"]])
+        method = settings.pop("method", "ceag")
+        assert grid["selected"] == {method: settings}, name

@@ -331,3 +331,18 @@ def _roundtrip(obj):
     torch.save(obj, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_iterate_min_count_judges_only_large_enough_groups(tmp_path):
+    """0 (default) keeps run names; above every group's size the rule falls back to all groups."""
+    base = {**TINY, "method": "ceag", "final_iterate": "feasible_best", "tolerance": 0.0, "augment": False,
+            "output_dir": str(tmp_path), "dual_lr": 0.05}  # fmt: skip
+    assert ExperimentConfig(**base).run_name() == ExperimentConfig(**base, iterate_min_count=0).run_name()
+    assert ExperimentConfig(**base).run_name() != ExperimentConfig(**base, iterate_min_count=50).run_name()
+    with pytest.raises(ValueError, match="iterate_min_count"):
+        ExperimentConfig(**base, iterate_min_count=-1)
+    task = load_task(ExperimentConfig(**base))
+    every = run_experiment(ExperimentConfig(**base), task=task, progress=False)
+    none_large = run_experiment(ExperimentConfig(**base, iterate_min_count=10**9), task=task, progress=False)
+    assert none_large["final_iterate"] == every["final_iterate"]
+    assert none_large["reports"] == every["reports"]

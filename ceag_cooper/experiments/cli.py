@@ -51,6 +51,7 @@ _FINETUNE_FIELDS = {
     "el_form",
     "resolution_z",
     "fit_buffers_to_groups",
+    "iterate_min_count",
     "pruning",
 }
 _HELP = {
@@ -80,6 +81,7 @@ _HELP = {
     "el_form": "equalized loss: signed (L_g - L = 0) or paper (|L_g - L| = 0, the official code)",
     "dual_lr": "multiplier step size, or auto: 10 x lr / number of constraints (Cooper's rule for many groups)",
     "resolution_z": "CEAG: per-group tolerance eps + z * SE_g from each group's size (0: one eps for all)",
+    "iterate_min_count": "with --final-iterate feasible_best: judge max psi over groups with >= this many samples",
     "fit_buffers_to_groups": "CEAG: a group smaller than buffer_size gets a buffer of its size",
     "pruning": "unstructured (weight magnitudes, the paper) or channel (whole channels via torch-pruning; "
     "--sparsity is then the fraction of channels)",

@@ -77,6 +77,10 @@ class ExperimentConfig:
     """``"last"`` or ``"feasible_best"``: constrained methods return the most accurate iterate with
     train max ψ ≤ ε among the epoch ends at final sparsity (eval mode, the constraint data), else
     the least infeasible one. Unconstrained methods always return the last (NFT+ES: best test)."""
+    iterate_min_count: int = 0
+    """With ``final_iterate="feasible_best"``: judge each iterate's max ψ over the groups with at least
+    this many samples in the constraint data only (0: every group). With many small groups the max over
+    all of them is set by groups whose accuracy one sample moves by more than ε."""
     resolution_z: float = 0.0
     """CEAG's per-group tolerances ``eps + z * SE_g`` (``CEAG(resolution_z=...)``); 0: one eps."""
     fit_buffers_to_groups: bool = False
@@ -122,6 +126,12 @@ class ExperimentConfig:
             raise ValueError(f"`lr_gamma` must be in (0, 1], got {self.lr_gamma}.")
         check_non_negative_float(self.margin, "margin")
         check_non_negative_float(self.resolution_z, "resolution_z")
+        if (
+            isinstance(self.iterate_min_count, bool)
+            or not isinstance(self.iterate_min_count, int)
+            or (self.iterate_min_count < 0)
+        ):
+            raise ValueError(f"`iterate_min_count` must be an int >= 0, got {self.iterate_min_count!r}.")
         choices = {
             "dual_optimizer": ("sgd", "nupi"),
             "constraint_estimate": ("train", "eval"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -236,7 +237,11 @@ def finetune(
                 entry["heldout_accuracy"], entry["heldout_max_psi"] = judged.sparse_overall, judged.max_psi
             else:
                 judged = train_eval
-            selector.consider(f"epoch {epoch}", judged.sparse_overall, judged.max_psi, model.state_dict())
+            psi = judged.max_psi
+            if config.iterate_min_count:  # over the groups large enough to judge (all of them if none is)
+                among = judged.max_psi_among(min_count=config.iterate_min_count)
+                psi = psi if math.isnan(among) else among
+            selector.consider(f"epoch {epoch}", judged.sparse_overall, psi, model.state_dict())
         extra: dict[str, Any] = {"log": log, "identity": identity}
         if selector is not None:
             extra["selector"] = selector.state_dict()
