@@ -123,7 +123,9 @@ GRIDS: dict[str, dict[str, Any]] = {
         # select_protocol.py with its many-groups candidates and rule ("selection") and recorded as
         # "selected"; until then the grid must not be reported.
         "selection": "many_groups",
-        "selected": {"ceag": {"dual_lr": 0.01, "fit_buffers_to_groups": True}},  # select_protocol_adult_many_groups.md
+        "selected": {
+            "ceag_detach_overall": {"dual_lr": 0.01, "fit_buffers_to_groups": True}
+        },  # select_protocol_adult_many_groups.md
         "base": {
             "task": "adult",
             "target": "income",
