@@ -191,10 +191,17 @@ def _bound_targets(payload: dict[str, Any]) -> list[str]:
     lines = []
     for sparsity, target in BOUND_TARGETS.items():
         nft, ceag = _row(payload, sparsity, "nft"), _row(payload, sparsity, "ceag")
-        if nft is None or ceag is None:
+        if ceag is None:
             continue
         seeds = len(ceag["seeds"])
         feasible = round(ceag["feasible"] * seeds)
+        if nft is None:  # the feasibility target can be read already; the accuracy ones need NFT's cells
+            lines.append(
+                f"- {100 * sparsity:g}%: train max ψ ≤ ε on {feasible}/{seeds} seeds so far (target ≥ "
+                f"{target['feasible']} of 5); the accuracy targets wait for NFT's cells (the grid runs CEAG on every "
+                "seed first)"
+            )
+            continue
         drop = statistics.mean(nft["test acc"]) - statistics.mean(ceag["test acc"])
         worst = statistics.mean(ceag["test max ψ"])
         checks = [
