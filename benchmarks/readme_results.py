@@ -202,11 +202,15 @@ def _bound_targets(payload: dict[str, Any]) -> list[str]:
                 "seed first)"
             )
             continue
-        drop = statistics.mean(nft["test acc"]) - statistics.mean(ceag["test acc"])
+        common = sorted(set(nft["seeds"]) & set(ceag["seeds"]))  # compared on the seeds both have run
+        nft_acc = [a for seed, a in zip(nft["seeds"], nft["test acc"], strict=True) if seed in common]
+        ceag_acc = [a for seed, a in zip(ceag["seeds"], ceag["test acc"], strict=True) if seed in common]
+        drop = statistics.mean(nft_acc) - statistics.mean(ceag_acc)
         worst = statistics.mean(ceag["test max ψ"])
+        partial = f" on the {len(common)} seed(s) NFT has run so far" if len(common) < seeds else ""
         checks = [
             f"train max ψ ≤ ε on {feasible}/{seeds} seeds (target ≥ {target['feasible']} of 5)",
-            f"test accuracy {100 * drop:.2f} points below NFT's (target ≤ {100 * target['acc_slack']:g}): "
+            f"test accuracy {100 * drop:.2f} points below NFT's{partial} (target ≤ {100 * target['acc_slack']:g}): "
             + ("met" if drop <= target["acc_slack"] else "missed"),
             f"test max ψ {100 * worst:.2f} (target ≤ {100 * target['test_max_psi']:g}): "
             + ("met" if worst <= target["test_max_psi"] else "missed"),
