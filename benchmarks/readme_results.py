@@ -21,6 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import readme_performance
 from run_grid import GRIDS, mean_std
 
 from ceag_cooper.metrics import DisparityReport
@@ -400,7 +401,11 @@ def demo_section(results: Path = RESULTS) -> str:
 
 
 PAGES = {  # page -> its generated sections: (begin marker, end marker, builder)
-    "README.md": [(BEGIN, END, section), ("<!-- demo:begin -->", "<!-- demo:end -->", demo_section)],
+    "README.md": [
+        (BEGIN, END, section),
+        ("<!-- demo:begin -->", "<!-- demo:end -->", demo_section),
+        (readme_performance.BEGIN, readme_performance.END, readme_performance.section),
+    ],
     "docs/generalization.md": [
         ("<!-- generalization:begin -->", "<!-- generalization:end -->", generalization_section)
     ],
