@@ -142,13 +142,17 @@ def test_readme_results_section_matches_the_committed_files(tmp_path):
     # A hand-edited number in either page is caught.
     root = RUNNER.parents[1]
     sections = [(name, begin) for name, parts in readme_results.PAGES.items() for begin, _, _ in parts]
+    end_of = {(name, begin): end for name, parts in readme_results.PAGES.items() for begin, end, _ in parts}
     for name, begin in sections:
         for other in readme_results.PAGES:
             (tmp_path / other).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / other).write_text((root / other).read_text())
         text = (root / name).read_text()
         start = text.index(begin)
-        (tmp_path / name).write_text(text[:start] + text[start:].replace("\n\n", "\n\n0.00 ", 1))
+        digit = next(i for i in range(start, len(text)) if text[i].isdigit())  # a number inside the section
+        assert digit < text.index(end_of[name, begin], start), (name, begin)
+        tampered = text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1 :]
+        (tmp_path / name).write_text(tampered)
         assert readme_results.main(["--check", "--root", str(tmp_path)]) == 1, (name, begin)
 
 

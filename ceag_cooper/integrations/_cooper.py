@@ -10,11 +10,23 @@ import torch
 from ceag_cooper.optim import StepOrder, build_optimizer
 from ceag_cooper.problems.base import GroupFairnessProblem
 
-__all__ = ["DualOptimizerCache"]
+__all__ = ["DUAL_STATE_GLOBALS", "DualOptimizerCache", "allow_dual_state_unpickling"]
 
-# nuPI's optimizer state names its initialization scheme by an enum; the frameworks load their
-# checkpoints with torch.load(weights_only=True), which refuses it unless allowed (nothing else is).
-torch.serialization.add_safe_globals([cooper.optim.nuPIInitType])
+DUAL_STATE_GLOBALS = [cooper.optim.nuPIInitType]
+"""nuPI's optimizer state names its initialization scheme by an enum; ``torch.load(weights_only=True)``
+refuses it unless allowed (nothing else is)."""
+
+
+def allow_dual_state_unpickling() -> None:
+    """Allow :data:`DUAL_STATE_GLOBALS` in ``weights_only`` loads (idempotent).
+
+    Called again right before a framework loads a checkpoint: a ``torch.serialization.safe_globals``
+    context elsewhere may have reset the process-wide list since this module was imported.
+    """
+    torch.serialization.add_safe_globals(DUAL_STATE_GLOBALS)
+
+
+allow_dual_state_unpickling()
 
 
 class DualOptimizerCache:

@@ -37,7 +37,7 @@ except ImportError as error:  # pragma: no cover - exercised where transformers 
         "ceag_cooper.integrations.huggingface needs transformers: pip install 'ceag-cooper[huggingface]'"
     ) from error
 
-from ceag_cooper.integrations._cooper import DualOptimizerCache
+from ceag_cooper.integrations._cooper import DUAL_STATE_GLOBALS, DualOptimizerCache
 from ceag_cooper.metrics import call_model, per_sample_loss_and_correct
 from ceag_cooper.problems.base import GroupFairnessProblem
 
@@ -178,7 +178,8 @@ class FairnessTrainer(transformers.Trainer):
                     f"{path} not found: the checkpoint was not written by FairnessTrainer, so the multipliers and "
                     "buffers cannot be restored."
                 )
-            saved = torch.load(path, weights_only=True)
+            with torch.serialization.safe_globals(DUAL_STATE_GLOBALS):
+                saved = torch.load(path, weights_only=True)
             self.problem.load_state_dict(saved["problem"])
             self._duals.load_state_dict(saved["dual"])
             if self.pruner is not None and saved.get("pruner") is None:

@@ -26,7 +26,7 @@ except ImportError as error:  # pragma: no cover - exercised where lightning is 
         "ceag_cooper.integrations.lightning needs lightning: pip install 'ceag-cooper[lightning]'"
     ) from error
 
-from ceag_cooper.integrations._cooper import DualOptimizerCache
+from ceag_cooper.integrations._cooper import DualOptimizerCache, allow_dual_state_unpickling
 from ceag_cooper.problems.base import GroupFairnessProblem
 
 __all__ = ["FairnessCallback"]
@@ -93,6 +93,10 @@ class FairnessCallback(L.Callback):
         return stats.loss.detach()
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        """Before Lightning restores a checkpoint: allow nuPI's dual state in its ``weights_only`` load."""
+        allow_dual_state_unpickling()
+
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Attach the pruner's mask hooks to the raw optimizer(s) Lightning built."""
         if self.pruner is not None:
