@@ -16,14 +16,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import arguments, reproduce_command, write_results
-from run_grid import GRIDS, RESULTS_DIR, RUNS_DIR
+from run_grid import GRIDS, RESULTS_DIR, RUNS_DIR, record_failure
 
 from ceag_cooper import NonFiniteError
 from ceag_cooper.experiments import ExperimentConfig, run_experiment
@@ -79,9 +78,7 @@ class CellRunner:
                 self.task = self.task or self.load_task(config)
                 result = run_experiment(config, task=self.task, progress=False, resume=True)
         except NonFiniteError as error:  # a candidate that diverges is a result (it loses), as in run_grid
-            result = {"run": config.run_name(), "config": asdict(config), "failed": str(error)}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=2) + "\n")
+            result = record_failure(config, error, path)
         print(
             f"{label}: {time.perf_counter() - started:.0f} s" + (" (diverged)" if "failed" in result else ""),
             flush=True,

@@ -209,6 +209,18 @@ def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> s
     )
 
 
+def record_failure(config: ExperimentConfig, error: Exception, path: Path) -> dict[str, Any]:
+    """Write a diverged cell's record to ``path`` (repository-relative paths, as a finished cell's) and return it."""
+    result = {
+        "run": config.run_name(),
+        "config": {**asdict(config), "output_dir": portable_path(config.output_dir)},
+        "failed": str(error),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def mean_std(values: list[float]) -> str:
     """Fractions as points: ``"12.34"`` for one seed, ``"12.34 ± 0.56"`` (sample std) for several."""
     if len(values) == 1:
@@ -385,9 +397,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     result = run_experiment(config, task=task, progress=False, resume=True)
             except NonFiniteError as error:
                 # A method that diverges is a result, not a crash of the grid: record it and go on.
-                result = {"run": config.run_name(), "config": asdict(config), "failed": str(error)}
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(result, indent=2) + "\n")
+                result = record_failure(config, error, path)
             print(f"[{index}/{len(configs)}] {config.run_name()}: {time.perf_counter() - started:.0f} s", flush=True)
         (failed if "failed" in result else results).append(result)
         args.output.mkdir(parents=True, exist_ok=True)

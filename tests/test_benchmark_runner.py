@@ -354,3 +354,13 @@ def test_a_many_groups_grid_runs_the_committed_choice():
         settings = dict(select.MANY_GROUP_CANDIDATES[json.loads(path.read_text())["chosen"]])
         method = settings.pop("method", "ceag")
         assert grid["selected"] == {method: settings}, name
+
+
+def test_a_failure_record_holds_no_machine_path(tmp_path):
+    """Committed records of diverged cells (grids and selections) name their folder relative to the repository."""
+    runner = load_runner()
+    inside = RUNNER.parent / "runs" / "some_grid"
+    config = runner.ExperimentConfig(task="synthetic", model="mlp", output_dir=str(inside))
+    record = runner.record_failure(config, NonFiniteError("the batch loss is not finite"), tmp_path / "r.json")
+    assert record["config"]["output_dir"] == "benchmarks/runs/some_grid"
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["output_dir"] == "benchmarks/runs/some_grid"
