@@ -16,7 +16,9 @@ def preserved_modes(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
     ``model.train(was_training)`` would set every submodule to the top-level flag, so a model
     whose BatchNorm layers a user froze in eval mode would come back with them training. This
-    records the flag of every submodule and puts each one back.
+    records the flag of every submodule and puts each one back through its own ``train()`` (outer
+    modules first), so a module whose ``train()`` override does more than set the flag (e.g. keeps
+    a frozen part in eval mode) runs it.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -30,8 +32,9 @@ def preserved_modes(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     try:
         yield model
     finally:
-        for module, training in modes:
-            module.training = training
+        for module, training in modes:  # pre-order: a parent's train() resets its children, fixed next
+            if module.training != training:
+                module.train(training)
 
 
 @contextlib.contextmanager

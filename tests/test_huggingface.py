@@ -94,7 +94,7 @@ def _one_step(tmp_path, problem, **cooper_kwargs):
                                                           lr_scheduler_type="constant", save_strategy="no"),
                               train_dataset=rows(), problem=problem, cooper_kwargs=cooper_kwargs)  # fmt: skip
     trainer.train()
-    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach(), trainer
 
 
 def test_the_trainer_honours_the_step_order(tmp_path):
@@ -105,10 +105,16 @@ def test_the_trainer_honours_the_step_order(tmp_path):
     def ceag():
         return cc.CEAG(reference=reference, tolerance=0.0, buffer_size=None)  # every violation is strict at 0
 
-    plain = _one_step(tmp_path / "plain", cc.Unconstrained(num_groups=2))
+    plain, _ = _one_step(tmp_path / "plain", cc.Unconstrained(num_groups=2))
     simultaneous_problem, dual_first_problem = ceag(), ceag()
-    simultaneous = _one_step(tmp_path / "sim", simultaneous_problem, dual_lr=5.0, order="simultaneous")
-    dual_first = _one_step(tmp_path / "dp", dual_first_problem, dual_lr=5.0, order="dual_primal")
+    simultaneous, simultaneous_trainer = _one_step(
+        tmp_path / "sim", simultaneous_problem, dual_lr=5.0, order="simultaneous"
+    )
+    dual_first, dual_first_trainer = _one_step(tmp_path / "dp", dual_first_problem, dual_lr=5.0, order="dual_primal")
+    for trainer, problem in ((simultaneous_trainer, simultaneous_problem), (dual_first_trainer, dual_first_problem)):
+        (logged,) = [e["fairness/multiplier_sum"] for e in trainer.state.log_history if "loss" in e]  # the step's log
+        assert logged > 0  # logged after the dual step (the first step's multipliers start at 0)
+        assert logged == pytest.approx(float(problem.multiplier_values.sum()))
     # both took the same dual step (from the same batch's violations), and it moved a multiplier
     assert torch.equal(simultaneous_problem.multiplier_values, dual_first_problem.multiplier_values)
     assert bool((dual_first_problem.multiplier_values > 0).any())

@@ -116,10 +116,10 @@ class FairnessTrainer(transformers.Trainer):
         state = self.problem.compute_cmp_state(model, inputs, targets, group_ids)
         if self._duals.order == "dual_primal":
             self._dual_step(state)  # the multipliers move first (and are projected), as the paper's order
-        else:  # simultaneous: the Lagrangian takes the old multipliers; training_step steps them after backward
+            self._log_fairness(state)
+        else:  # simultaneous: the Lagrangian takes the old multipliers; training_step steps, logs them after backward
             self._deferred = state
         lagrangian = state.compute_primal_lagrangian().lagrangian
-        self._log_fairness(state)
         return (lagrangian, {"logits": state.misc["stats"].logits}) if return_outputs else lagrangian
 
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -128,6 +128,7 @@ class FairnessTrainer(transformers.Trainer):
         state, self._deferred = self._deferred, None
         if state is not None:
             self._dual_step(state)
+            self._log_fairness(state)  # the multipliers after their step, as under the default order
         return loss
 
     def _dual_step(self, state: Any) -> None:
