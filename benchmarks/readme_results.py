@@ -386,7 +386,9 @@ def demo_section(results: Path = RESULTS) -> str:
             ]
         )
     head = "| method | train acc | train max ψ | train Ψ_PW | test acc | test max ψ | test Ψ_PW |"
-    lines += ["", f"`{demo['command']}` on code {demo['versions']['code']} (torch {demo['versions']['torch']}) took "
+    where = f" (UTKFace at {demo['config']['image_size']} px)" if demo["config"]["task"] == "utkface" else ""
+    versions = demo["versions"]
+    lines += ["", f"`{demo['command']}`{where} on code {versions['code']} (torch {versions['torch']}) took "
               f"{demo['seconds'] / 60:.1f} min and printed (accuracy and ψ in points):", "", head,
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for method, row in demo["rows"].items():
@@ -399,12 +401,17 @@ def demo_section(results: Path = RESULTS) -> str:
     ]
     if "nft" in rows and "ceag" in rows:
         nft, ceag = rows["nft"]["train"], rows["ceag"]["train"]
+        test_gap = rows["ceag"]["test"]["sparse_accuracy"] - rows["nft"]["test"]["sparse_accuracy"]
         lines[-1] += (
             f" CEAG's train max ψ is {100 * ceag['max_psi']:.2f} points against NFT's {100 * nft['max_psi']:.2f} "
             f"(ε = {100 * demo['config']['tolerance']:g}), with a training accuracy "
             f"{100 * abs(ceag['sparse_accuracy'] - nft['sparse_accuracy']):.2f} points "
-            f"{'lower' if ceag['sparse_accuracy'] < nft['sparse_accuracy'] else 'higher'}."
+            f"{'lower' if ceag['sparse_accuracy'] < nft['sparse_accuracy'] else 'higher'} and a test accuracy "
+            f"{100 * abs(test_gap):.2f} points {'lower' if test_gap < 0 else 'higher'}."
         )
+        returned = demo.get("final_iterate", {}).get("ceag")
+        if returned:
+            lines[-1] += f" CEAG returned its {returned}."
     return "\n".join([*lines, "<!-- demo:end -->"])
 
 

@@ -23,6 +23,7 @@ from ceag_cooper.checkpoint import CheckpointError
 from ceag_cooper.experiments import METHODS, ExperimentConfig, load_task, run_experiment, train_dense
 from ceag_cooper.experiments.results import (
     SYNTHETIC_DEMO,
+    UTKFACE_DEMO,
     config_file_values,
     read_results,
     results_table,
@@ -171,7 +172,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     _check_writable(output, "--output-dir")
     where = {"data_dir": args.data_dir, "cache_dir": args.cache_dir, "output_dir": str(output)}
-    base = ExperimentConfig(**where, **quick)
+    base = ExperimentConfig(**where, **{**UTKFACE_DEMO, **quick})
     if args.task == "synthetic":
         base = ExperimentConfig(**where, **{**SYNTHETIC_DEMO, **quick})
     started = time.perf_counter()
@@ -212,6 +213,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "dense": {split: results[0]["reports"][split]["overall"]["dense_accuracy"] for split in ("train", "test")},
         "rows": {r["config"]["method"]: {split: r["reports"][split]["overall"] for split in ("train", "test")}
                  for r in results},
+        "final_iterate": {r["config"]["method"]: r.get("final_iterate", "last") for r in results},
     }  # fmt: skip
     (output / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(

@@ -30,11 +30,14 @@ DENSE_FIELDS = (
 
 @dataclass
 class ExperimentConfig:
-    """Everything that defines one (task, sparsity, method, seed) run. Defaults: the demo's.
+    """Everything that defines one (task, sparsity, method, seed) run. Defaults: the demo's, at 32 px.
 
-    The defaults are still the protocol the demo and the first grids ran with
-    (:data:`LEGACY_PROTOCOL`); issue #13's options (schedule, eval-mode estimates, margin, nuPI,
-    feasibility-first iterate, the paper's EL) are opt-in until its grid has measured them.
+    The defaults are issue #13's protocol, as its grid measured it (``benchmarks/results/
+    utk_race_12ep.md``): 4 pruning + 8 fine-tuning epochs, primal LR x0.1 at 60/80/90% of the 12
+    (the paper's schedule), the feasibility-first final iterate, the paper's EL; training-mode
+    estimates, no margin and the SGD dual, which its selection kept. The first grids ran
+    :data:`LEGACY_PROTOCOL` (4 fine-tuning epochs at a constant LR, last iterate) and set it. The
+    demo itself runs at 16 px (``UTKFACE_DEMO`` in :mod:`ceag_cooper.experiments.results`).
     """
 
     task: str = "utkface"
@@ -52,12 +55,12 @@ class ExperimentConfig:
     augment: bool = True
     sparsity: float = 0.9
     prune_epochs: int = 4
-    finetune_epochs: int = 4
+    finetune_epochs: int = 8
     lr: float = 0.01
-    lr_milestones: tuple[float, ...] = ()
+    lr_milestones: tuple[float, ...] = (0.6, 0.8, 0.9)
     """Fractions of the ``prune_epochs + finetune_epochs`` epochs after which the primal LR is
     multiplied by ``lr_gamma`` (epoch ``int(m * total)`` starts decayed); empty: a constant LR. The
-    paper's schedule is ``(0.6, 0.8, 0.9)`` (issue #13's grids, ``benchmarks/run_grid.py``)."""
+    default is the paper's schedule (issue #13's grids, ``benchmarks/run_grid.py``)."""
     lr_gamma: float = 0.1
     method: str = "ceag"
     tolerance: float = 0.01
@@ -73,7 +76,7 @@ class ExperimentConfig:
     nupi_ema: float = 0.0
     constraint_estimate: str = "train"
     """``"train"`` or ``"eval"``: what the multiplier step sees (see ``GroupFairnessProblem``)."""
-    final_iterate: str = "last"
+    final_iterate: str = "feasible_best"
     """``"last"`` or ``"feasible_best"``: constrained methods return the most accurate iterate with
     train max ψ ≤ ε among the epoch ends at final sparsity (eval mode, the constraint data), else
     the least infeasible one. Unconstrained methods always return the last (NFT+ES: best test)."""
@@ -85,7 +88,7 @@ class ExperimentConfig:
     """CEAG's per-group tolerances ``eps + z * SE_g`` (``CEAG(resolution_z=...)``); 0: one eps."""
     fit_buffers_to_groups: bool = False
     """CEAG: groups smaller than ``buffer_size`` get buffers of their size (``CEAG(fit_buffers_to_groups=...)``)."""
-    el_form: str = "signed"
+    el_form: str = "paper"
     """Equalized loss: ``"signed"`` (``L_g - L = 0``) or ``"paper"`` (the official code's ``|L_g - L| = 0``)."""
     pruning: str = "unstructured"
     """``"unstructured"`` (magnitude masks on weights, the paper) or ``"channel"`` (whole channels chosen
