@@ -7,13 +7,8 @@ every number in the paragraph is read from those two files.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pruning import UNSTRUCTURED_SPARSITY
 
 BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
 
@@ -78,7 +73,7 @@ def section(results: Path) -> str:
         f"([benchmarks/results/overhead.md](benchmarks/results/overhead.md); {run}: commit {commit}, "
         f"{machine['date'][:10]}, {machine['torch_num_threads']} torch threads on {machine['os_cpu_count']} CPUs): "
         f"{_step_sentence(overhead)}{_bookkeeping_sentence(overhead)}. A "
-        f"{100 * UNSTRUCTURED_SPARSITY:.0f}%-sparse fine-tuning step with masks costs "
+        f"{100 * masked['mask_work']['measured_sparsity']:.0f}%-sparse fine-tuning step with masks costs "
         f"{masked['ratio']:.3f}× a dense step (`benchmarks/pruning.py`, commit {pruned_at}); removing half the "
         "channels of ResNet-20 "
         f"keeps {100 * resnet['params_ratio']:.0f}% of its parameters and runs a batch of 128 in "
