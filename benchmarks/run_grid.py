@@ -116,6 +116,17 @@ GRIDS: dict[str, dict[str, Any]] = {
         "seeds": (0,),
         "selected": {"ceag_detach_overall": {"dual_lr": 0.001}},  # results/select_utk_many_groups.md
     },
+    "utk_many_groups_12ep": {
+        # Issue #15's UTK-90 target with issue #13's protocol and #15's options (set before any of its runs):
+        # eps = 2 points, since one sample is already a point in the 100-sample groups the target judges.
+        # Its knobs come from select_protocol.py's "many_groups_utk" candidates; until then: not reported.
+        "selection": "many_groups_utk",
+        "judged_min_count": 100,
+        "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender", "age_bucket"), "tolerance": 0.02},
+        "sparsities": (0.9,),
+        "methods": ("nft", "ceag_detach_overall"),
+        "seeds": (0, 1, 2),
+    },
     "omniglot_many_groups": {
         "base": {
             **LEGACY_PROTOCOL,

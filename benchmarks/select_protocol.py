@@ -171,6 +171,14 @@ for the groups smaller than the buffer and its iterate judged on the groups of >
 rounds 1-4 on the 12-epoch schedule all missed, and their logs showed why no dual setting could fix it
 there: ~75 steps per epoch and the LR decayed after 4 constrained epochs (~300 steps), so a multiplier
 at a 1-point violation grew by ~0.03 in all. The long grid fine-tunes 32 epochs (NFT too)."""
+UTK_MANY_GROUP_CANDIDATES: dict[str, dict[str, Any]] = {
+    "detached overall, 0.01": {**_DETACHED, **_JUDGED},
+    "detached overall, auto": {**_DETACHED, **_JUDGED, "dual_lr": "auto"},
+    "detached overall, 0.003": {**_DETACHED, **_JUDGED, "dual_lr": 0.003},
+}
+"""Candidates for ``utk_many_groups_12ep`` (90 groups), fixed before its runs: Adult's choice, Cooper's
+"auto" step (1.1e-3 at 90 constraints; select_utk_many_groups.md chose 1e-3 under the first protocol)
+and one between. Each cell takes ~13 min, so the list is short."""
 RULE = (
     "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
     "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
@@ -183,14 +191,19 @@ MANY_GROUP_RULE = (
 )
 
 
+MANY_GROUP_CANDIDATE_SETS: dict[str, dict[str, dict[str, Any]]] = {
+    "many_groups": MANY_GROUP_CANDIDATES,
+    "many_groups_long": LONG_SCHEDULE_CANDIDATES,
+    "many_groups_utk": UTK_MANY_GROUP_CANDIDATES,
+}
+"""A many-groups grid's ``"selection"`` -> its candidates; every one is judged by ``MANY_GROUP_RULE``."""
+
+
 def selection_of(grid: dict[str, Any]) -> dict[str, Any]:
     """A grid's selection: its candidates, rule, accuracy slack and the group sizes its scores count."""
-    if grid.get("selection") == "many_groups_long":
-        return {"candidates": LONG_SCHEDULE_CANDIDATES, "rule": MANY_GROUP_RULE, "accuracy_slack": 0.02,
-                "fit_min_count": 80, "validation_min_count": 20}  # fmt: skip
-    if grid.get("selection") == "many_groups":
-        return {"candidates": MANY_GROUP_CANDIDATES, "rule": MANY_GROUP_RULE, "accuracy_slack": 0.02,
-                "fit_min_count": 80, "validation_min_count": 20}  # fmt: skip
+    if "selection" in grid:
+        return {"candidates": MANY_GROUP_CANDIDATE_SETS[grid["selection"]], "rule": MANY_GROUP_RULE,
+                "accuracy_slack": 0.02, "fit_min_count": 80, "validation_min_count": 20}  # fmt: skip
     return {"candidates": CANDIDATES, "rule": RULE, "accuracy_slack": 0.01, "fit_min_count": None,
             "validation_min_count": None}  # fmt: skip
 
@@ -225,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the candidates (finished ones are reused) and write ``select_protocol_<grid>.{json,md}``."""
     options = parser(__doc__)
     options.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
-    everything = sorted({*CANDIDATES, *MANY_GROUP_CANDIDATES, *LONG_SCHEDULE_CANDIDATES})
+    everything = sorted({*CANDIDATES, *(name for c in MANY_GROUP_CANDIDATE_SETS.values() for name in c)})
     options.add_argument("--candidates", nargs="+", default=None, choices=everything, help="default: the grid's")
     given, cmd = command("select_protocol.py", argv)
     args = options.parse_args(given)

@@ -288,6 +288,30 @@ def test_the_12_epoch_grids_run_ceag_with_the_options_chosen_on_held_out_data():
         assert grid["selected"] == {"ceag": select.CANDIDATES[chosen]}, name
 
 
+def test_the_many_group_grids_run_the_options_chosen_on_held_out_data():
+    """A many-groups grid's ``selected`` is its committed selection's choice; a group-size threshold chosen
+    on the fitted 80% (``iterate_min_count``) is scaled to the whole training split; no file, no claim."""
+    from ceag_cooper.experiments import HELDOUT_FRACTION
+
+    runner = load_runner()
+    select = load_module("select_protocol")
+    checked = 0
+    for name, grid in runner.GRIDS.items():
+        if "selection" not in grid:
+            continue
+        path = RUNNER.parent / "results" / f"select_protocol_{name}.json"
+        if not path.exists():
+            assert "selected" not in grid, f"{name} claims a selection that is not committed"
+            continue
+        chosen = dict(select.selection_of(grid)["candidates"][json.loads(path.read_text())["chosen"]])
+        method = chosen.pop("method", "ceag")
+        if "iterate_min_count" in chosen:
+            chosen["iterate_min_count"] = round(chosen["iterate_min_count"] / (1 - HELDOUT_FRACTION))
+        assert grid["selected"] == {method: chosen}, name
+        checked += 1
+    assert checked >= 2  # both Adult grids have committed selections
+
+
 def test_only_filters_order_a_grid_and_the_rest_reuses_their_cells(tmp_path, capsys):
     runner = load_runner()
     args = ["--grid", "quick", "--output", str(tmp_path), "--runs", str(tmp_path / "runs")]
