@@ -65,6 +65,7 @@ ADULT_MANY_GROUPS = {
     "final_iterate": "feasible_best",
     "tolerance": 0.02,
     "buffer_size": 40,
+    "el_form": "signed",  # the default when its cells ran (no EL row here; it keeps their names)
 }
 """Issue #15's many-groups task and its 12-epoch protocol (4 pruning + 8 fine-tuning epochs, LR x0.1 at 60/80/90%)."""
 GRIDS: dict[str, dict[str, Any]] = {

@@ -89,6 +89,20 @@ def test_committed_cells_keep_their_names():
         assert config.run_name() == path.stem
 
 
+def test_every_committed_grid_cell_is_a_cell_of_a_grid_definition():
+    """Changing a default must not silently rename a grid's cells (its next run would redo them all).
+
+    A grid's cells from before its selection (the fixed dual lr, superseded by ``selected``) count too.
+    """
+    runner = load_runner()
+    grids = [*runner.GRIDS.values(), *({**g, "selected": {}} for g in runner.GRIDS.values())]
+    defined = {c.run_name() for grid in grids for c in runner.cells(grid, Path("runs"), None)}
+    paths = [p for p in sorted((RUNNER.parent / "runs").glob("*/results/*.json")) if "select_" not in p.parts[-3]]
+    assert paths, "no committed grid cells found"
+    orphans = [p.stem for p in paths if p.stem not in defined]
+    assert orphans == [], f"{len(orphans)} committed cells no grid defines any more, e.g. {orphans[:3]}"
+
+
 def test_new_protocol_fields_change_the_run_name():
     """Negative control: a field away from its legacy value must give a new name (a new cell)."""
     from ceag_cooper.experiments import LEGACY_PROTOCOL, ExperimentConfig
@@ -364,20 +378,6 @@ def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
     with pytest.raises(SystemExit):
         select.main(["--grid", "adult_many_groups", "--candidates", "eval estimates", "--output", "/nonexistent"])
     assert "has no candidate(s) ['eval estimates']" in capsys.readouterr().err
-
-
-def test_a_many_groups_grid_runs_the_committed_choice():
-    runner, select = load_runner(), load_module("select_protocol")
-    for name, grid in runner.GRIDS.items():
-        if grid.get("selection") != "many_groups":
-            continue
-        path = RUNNER.parent / "results" / f"select_protocol_{name}.json"
-        if not path.exists():
-            assert "selected" not in grid, f"{name} claims a selection that is not committed"
-            continue
-        settings = dict(select.MANY_GROUP_CANDIDATES[json.loads(path.read_text())["chosen"]])
-        method = settings.pop("method", "ceag")
-        assert grid["selected"] == {method: settings}, name
 
 
 def test_a_failure_record_holds_no_machine_path(tmp_path):

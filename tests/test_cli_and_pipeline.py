@@ -259,10 +259,7 @@ def test_many_group_options_reach_the_problem_and_keep_old_names(tmp_path):
 
     config = ExperimentConfig(**TINY, method="ceag", resolution_z=1.0, fit_buffers_to_groups=True, dual_lr="auto")
     assert config.run_name() != ExperimentConfig(**TINY, method="ceag").run_name()
-    assert (
-        ExperimentConfig(**TINY, method="ceag", resolution_z=0.0).run_name()
-        == ExperimentConfig(**TINY, method="ceag").run_name()
-    )  # at their old values the new fields leave names (and committed cells) as they were
+    # (that old values leave names as they were is test_benchmark_runner's committed-cells check)
     task = load_task(config)
     from ceag_cooper import evaluate_groups
 
