@@ -328,7 +328,9 @@ def _resolvable_line(payload: dict[str, Any], min_count: int = 100) -> str:
         test = DisparityReport.from_dict(cell["reports"]["test"])
         pair = (train.max_psi_among(min_count=min_count), test.max_psi_among(min_count=min_count))
         by_cell.setdefault((cell["config"]["sparsity"], cell["config"]["method"]), []).append(pair)
-    large = int((DisparityReport.from_dict(payload["cells"][0]["reports"]["train"]).count >= min_count).sum())
+    first = payload["cells"][0]["reports"]
+    large = int((DisparityReport.from_dict(first["train"]).count >= min_count).sum())
+    large_test = int((DisparityReport.from_dict(first["test"]).count >= min_count).sum())
     parts = []
     for (sparsity, method), pairs in sorted(by_cell.items(), key=lambda item: (item[0][0], METHODS.index(item[0][1]))):
         train = ", ".join(f"{100 * t:.2f}" for t, _ in pairs)
@@ -339,7 +341,8 @@ def _resolvable_line(payload: dict[str, Any], min_count: int = 100) -> str:
         )
     return (
         f"Over the {large} groups with at least {min_count} training samples (issue #15's target: train max ψ ≤ ε = "
-        f"{100 * tolerance:g} points), train max ψ per seed: " + "; ".join(parts) + "."
+        f"{100 * tolerance:g} points), train max ψ per seed, and in brackets the test max ψ over the {large_test} "
+        f"groups with at least {min_count} test samples: " + "; ".join(parts) + "."
     )
 
 
@@ -411,7 +414,8 @@ def demo_section(results: Path = RESULTS) -> str:
         )
         returned = demo.get("final_iterate", {}).get("ceag")
         if returned:
-            lines[-1] += f" CEAG returned its {returned}."
+            which, _, why = returned.partition(": ")
+            lines[-1] += f" CEAG returned the iterate of {which}" + (f" ({why})." if why else ".")
     return "\n".join([*lines, "<!-- demo:end -->"])
 
 
@@ -425,11 +429,15 @@ def faq_bound_section(results: Path = RESULTS) -> str:
                           "<!-- bound:end -->"])  # fmt: skip
     grid = GRIDS["utk_race_12ep"]
     expected = len(grid["sparsities"]) * len(grid["methods"]) * len(grid["seeds"])
+    settings = payload["settings"]
+    groups = len(payload["cells"][0]["reports"]["train"]["by_group"])
     lines += [
         "",
-        "What the defaults (issue #13's protocol: the paper's LR schedule, 8 fine-tuning epochs, the "
-        "feasibility-first iterate; training-mode estimates, no margin, SGD dual, all chosen on held-out data) "
-        f"measured on UTKFace race (5 groups, 32 px, ε = 1 point; {len(payload['cells'])} of {expected} cells so far, "
+        f"What the defaults (issue #13's protocol: the paper's LR schedule over {settings['prune_epochs']} pruning + "
+        f"{settings['finetune_epochs']} fine-tuning epochs and the feasibility-first iterate, fixed in advance; "
+        "training-mode estimates, no margin and the SGD dual, kept by the selection on held-out data) measured on "
+        f"UTKFace {settings['target']} ({groups} groups, {settings['image_size']} px, ε = "
+        f"{100 * settings['tolerance']:g} point(s); {len(payload['cells'])} of {expected} cells so far, "
         "`benchmarks/results/utk_race_12ep.md`):",
         "",
         *_table(payload, ("nft", "ceag"), HEADLINE),

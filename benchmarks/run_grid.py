@@ -165,7 +165,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     },
     "adult_many_groups_long": {
         # adult_many_groups with 32 fine-tuning epochs instead of 8 (every method): its selection's logs showed
-        # ~75 steps per epoch and the LR decayed after 4 constrained epochs, too short for any dual to react.
+        # ~100 steps per epoch and the LR decayed after 4 constrained epochs, too short for any dual to react.
         "selection": "many_groups_long",
         "judged_min_count": 100,
         "selected": {  # select_protocol_adult_many_groups_long.md; 80 fitted samples there = 100 in the full split

@@ -35,6 +35,8 @@ def preserved_modes(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for module, training in modes:  # pre-order: a parent's train() resets its children, fixed next
             if module.training != training:
                 module.train(training)
+        for module, training in modes:  # exact flags at the end (a submodule shared by two parents)
+            module.training = training
 
 
 @contextlib.contextmanager

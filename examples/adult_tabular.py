@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         task="adult", target="income", protected=("sex", "race"), model="mlp", width=32, batch_size=256,
         dense_epochs=args.dense_epochs, dense_lr=0.05, augment=False, sparsity=args.sparsity,
         prune_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs - args.epochs // 2, lr=0.01,
+        lr_milestones=(),  # a constant LR: a few epochs are too few for the default schedule (0.6, 0.8, 0.9)
         tolerance=0.01, buffer_size=40, dual_lr=0.01, data_dir=args.data_dir, output_dir=args.output_dir,
     )  # fmt: skip
     task = load_task(config)

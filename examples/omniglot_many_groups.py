@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         width=16, batch_size=64, dense_epochs=args.dense_epochs, dense_lr=0.05, augment=False,
         sparsity=args.sparsity, prune_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs - args.epochs // 2,
         lr=0.01, tolerance=0.02, buffer_size=10, dual_lr=0.05, data_dir=args.data_dir, output_dir=args.output_dir,
+        lr_milestones=(),  # a constant LR: a few epochs are too few for the default schedule (0.6, 0.8, 0.9)
         subset=args.subset,
     )  # fmt: skip
     task = load_task(config)

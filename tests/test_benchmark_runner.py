@@ -380,6 +380,32 @@ def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
     assert "has no candidate(s) ['eval estimates']" in capsys.readouterr().err
 
 
+def test_a_many_groups_table_judges_the_large_groups_per_split():
+    """``judged_min_count``: the n ≥ 100 columns take the max over groups with enough samples *in that split*."""
+    runner = load_runner()
+
+    def cell(method, seed, big_psi, tiny_psi):  # groups of 500 and 5 training samples; sizes swapped on test
+        names, dense = ["big", "tiny"], [0.9, 0.9]
+        train = cc.DisparityReport(names, dense, [0.88 - big_psi, 0.88 - tiny_psi], [500, 5], 0.9, 0.88)
+        test = cc.DisparityReport(names, dense, [0.88 - tiny_psi, 0.88 - 2 * big_psi], [5, 500], 0.9, 0.88)
+        config = {"sparsity": 0.9, "method": method, "seed": seed, "tolerance": 0.02}
+        log = [{"seconds": 1.0, "mitigation": True}]
+        return {"config": config, "reports": {"train": train.to_dict(), "test": test.to_dict()}, "log": log}
+
+    cells = [cell("nft", 0, 0.03, 0.2), cell("ceag", 0, 0.01, 0.3), cell("ceag", 1, 0.03, 0.0)]
+    rows = {r["method"]: r for r in runner.aggregate(cells, judged_min_count=100)}
+    assert rows["ceag"]["train max ψ, n ≥ 100"] == pytest.approx([0.01, 0.03], abs=1e-6)  # the tiny group left out
+    assert rows["ceag"]["test max ψ, n ≥ 100"] == pytest.approx([0.02, 0.06], abs=1e-6)  # test's own large group
+    assert rows["ceag"]["feasible_judged"] == 0.5  # seed 0 only
+    assert rows["ceag"]["feasible"] == 0.0  # over every group, neither seed
+    grid = {**runner.GRIDS["adult_many_groups"], "selected": {}}
+    table = runner.markdown("adult_many_groups", grid, list(rows.values()), "cmd", 3)
+    assert "| feasible | feasible, n ≥ 100 |" in table
+    assert "| 90% | ceag | 2 |" in table
+    assert "| 0% | 50% |" in table
+    assert "n ≥ 100" not in runner.markdown("quick", runner.GRIDS["quick"], [], "cmd", 0)
+
+
 def test_a_failure_record_holds_no_machine_path(tmp_path):
     """Committed records of diverged cells (grids and selections) name their folder relative to the repository."""
     runner = load_runner()

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,15 @@ from ceag_cooper.data import resolve_data_dir
 from ceag_cooper.experiments import METHODS, ExperimentConfig, load_task, run_experiment
 from ceag_cooper.experiments.cli import main
 
-TINY = {"task": "synthetic", "model": "mlp", "width": 8, "dense_epochs": 2, "prune_epochs": 1, "finetune_epochs": 1}
+TINY = {
+    "task": "synthetic",
+    "model": "mlp",
+    "width": 8,
+    "dense_epochs": 2,
+    "prune_epochs": 1,
+    "finetune_epochs": 1,
+    "lr_milestones": (),
+}  # constant LR: too short for the default schedule
 UTKFACE = resolve_data_dir() / "utkface" / "UTKFace.tar.gz"
 
 
@@ -251,6 +260,29 @@ def test_results_record_repository_paths_relative():
     assert _portable("/elsewhere/out") == "/elsewhere/out"
     for path in (root / "benchmarks").rglob("*.json"):
         assert f'"{root}/' not in path.read_text(), path
+
+
+def test_a_results_file_from_before_a_field_existed_reads_back_at_that_fields_old_value(tmp_path):
+    """The defaults changed (issue #13's protocol); an old run read back with --config reruns as it ran."""
+    from ceag_cooper.experiments.results import config_file_values
+
+    old = {k: v for k, v in dataclasses.asdict(ExperimentConfig(**TINY)).items()
+           if k not in ("lr_milestones", "final_iterate", "el_form")}  # fmt: skip
+    (tmp_path / "old.json").write_text(json.dumps({"config": old, "reports": {}}))
+    values = config_file_values(tmp_path / "old.json")
+    assert (values["lr_milestones"], values["final_iterate"], values["el_form"]) == ((), "last", "signed")
+    assert ExperimentConfig().final_iterate == "feasible_best"  # while the default is the new one
+    (tmp_path / "plain.json").write_text(json.dumps({"finetune_epochs": 3}))  # a plain settings file: no fill
+    assert config_file_values(tmp_path / "plain.json") == {"finetune_epochs": 3}
+
+
+def test_a_schedule_that_decays_before_fine_tuning_warns_and_names_the_fix():
+    with pytest.warns(UserWarning, match=r"lr_milestones=\(\)"):
+        ExperimentConfig(task="synthetic", prune_epochs=1, finetune_epochs=1)  # decays from epoch 1 of 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ExperimentConfig(task="synthetic")  # the defaults: 4 + 8 epochs, first decay at epoch 7
+        ExperimentConfig(task="synthetic", prune_epochs=1, finetune_epochs=1, lr_milestones=())
 
 
 def test_many_group_options_reach_the_problem_and_keep_old_names(tmp_path):

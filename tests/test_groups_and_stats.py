@@ -150,31 +150,32 @@ def test_evaluate_groups_uses_eval_mode_and_restores_it():
 
 
 def test_eval_mode_restores_modes_through_each_modules_own_train():
-    """A frozen BatchNorm stays frozen, and a ``train()`` override runs on the way back (not only the flag)."""
+    """A frozen BatchNorm stays frozen, and a ``train()`` override's effect comes back with the mode."""
     from ceag_cooper._modes import eval_mode
 
-    class FrozenHead(torch.nn.Module):  # a user's module: train() keeps its BatchNorm in eval mode
+    class FreezesInEval(torch.nn.Module):  # a user's module: eval() also freezes its weights
         def __init__(self):
             super().__init__()
-            self.norm, self.calls = torch.nn.BatchNorm1d(2), []
+            self.linear = torch.nn.Linear(2, 2)
 
         def train(self, mode=True):
-            self.calls.append(mode)
             super().train(mode)
-            self.norm.eval()
+            self.linear.weight.requires_grad_(mode)
             return self
 
-    head = FrozenHead()
+    head = FreezesInEval()
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), head).train()
     model[1].eval()  # frozen by the user
-    head.calls.clear()
+    modes = [m.training for m in model.modules()]
     with eval_mode(model):
         assert not any(m.training for m in model.modules())
-    assert [m.training for m in model.modules()] == [True, True, False, True, False]
-    assert head.calls[-1] is True  # restored through its own train(), so its rule held
+        assert not head.linear.weight.requires_grad
+    assert [m.training for m in model.modules()] == modes
+    assert head.linear.weight.requires_grad  # its train() ran on the way back (a bare flag would leave it frozen)
     with pytest.raises(RuntimeError), eval_mode(model):
         raise RuntimeError("inside")
-    assert [m.training for m in model.modules()] == [True, True, False, True, False]
+    assert [m.training for m in model.modules()] == modes
+    assert head.linear.weight.requires_grad
 
 
 @pytest.mark.parametrize(

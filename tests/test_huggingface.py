@@ -179,3 +179,26 @@ def test_a_nupi_dual_resumes_and_the_trainer_refuses_what_it_cannot_do_right(tmp
         FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path), train_dataset=data,
                         problem=cc.CEAG(reference=reference, buffer_size=4),
                         cooper_kwargs=nupi).train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))  # fmt: skip
+
+
+def test_the_logged_multipliers_are_those_of_the_logged_step(tmp_path):
+    """With logging_steps=2 a log shows the multipliers after its own step, not after the one before."""
+    data = rows()
+    reference = cc.evaluate_groups(tiny_bert(), list(batches(data)), groups=2)
+    problem = cc.CEAG(reference=reference, tolerance=0.0, buffer_size=None)
+    sums = {}
+
+    class Record(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            sums[state.global_step] = float(problem.multiplier_values.sum())
+
+    trainer = FairnessTrainer(model=tiny_bert(), args=arguments(tmp_path, max_steps=4, logging_steps=2,
+                                                                save_strategy="no"),
+                              train_dataset=data, problem=problem, cooper_kwargs={"dual_lr": 0.5},
+                              callbacks=[Record()])  # fmt: skip
+    trainer.train()
+    logged = {e["step"]: e["fairness/multiplier_sum"] for e in trainer.state.log_history if "loss" in e}
+    assert sorted(logged) == [2, 4]
+    assert len({sums[1], sums[2], sums[3], sums[4]}) == 4  # they moved every step: a stale log would differ
+    for step, value in logged.items():
+        assert value == pytest.approx(sums[step])

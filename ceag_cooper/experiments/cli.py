@@ -168,7 +168,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    quick = {"subset": 1500, "dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1} if args.quick else {}
+    quick = {"subset": 1500, "dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1, "lr_milestones": ()}
+    quick = quick if args.quick else {}
     output = Path(args.output_dir)
     _check_writable(output, "--output-dir")
     where = {"data_dir": args.data_dir, "cache_dir": args.cache_dir, "output_dir": str(output)}

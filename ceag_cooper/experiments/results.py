@@ -87,7 +87,7 @@ def read_results(path: Path) -> dict[str, Any]:
 UTKFACE_DEMO: dict[str, Any] = {"image_size": 16}
 """The UTKFace demo's departure from :class:`ExperimentConfig`'s defaults: faces at 16 px instead of
 32, so that dense training and both fine-tunings (15 + 2 x 12 epochs) end within 10 minutes on
-2 CPU cores (about 8 there; at 32 px the grid's cells take 35-40 min for the same three trainings).
+2 CPU cores (about 8 there; at 32 px the grid's quietest cells took ~35 min for the same three).
 Every other setting, issue #13's protocol included, is the default; the benchmark grids run at 32 px."""
 SYNTHETIC_DEMO: dict[str, Any] = {
     "task": "synthetic", "target": "label", "protected": ("group",), "model": "mlp", "width": 16,

@@ -140,20 +140,19 @@ class FairnessTrainer(transformers.Trainer):
             cooper_optimizer.dual_step()
 
     def _log_fairness(self, state: Any) -> None:
-        if not self.args.logging_steps or self.state.global_step % self.args.logging_steps:
-            return
+        # Kept as tensors (no host sync on the training step); read when the Trainer logs, so the logged
+        # values are the latest step's whatever `logging_steps` is.
         values = self.problem.multiplier_values
         violation = state.misc.get("strict_violation")
         if values is not None and violation is not None:
-            self._fairness_log = {
-                "fairness/multiplier_sum": float(values.sum()),
-                "fairness/max_violation": float(violation.max()),
-            }
+            self._fairness_latest = (values.detach().sum(), violation.detach().max())
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """The Trainer's log, plus the multipliers' sum and the largest violation when training."""
-        logs = {**logs, **getattr(self, "_fairness_log", {})}
-        if self.pruner is not None and "loss" in logs:  # a training log
+        latest = getattr(self, "_fairness_latest", None)
+        if latest is not None and "loss" in logs:  # a training log
+            logs = {**logs, "fairness/multiplier_sum": float(latest[0]), "fairness/max_violation": float(latest[1])}
+        if self.pruner is not None and "loss" in logs:
             logs["sparsity"] = float(self.pruner.sparsity)
         super().log(logs, *args, **kwargs)
 

@@ -35,7 +35,9 @@ class EqualizedLoss(GroupFairnessProblem):
     (``abs_equality_constraint=True``): *equality* constraints whose violation is
     :math:`|L_g - L|` (always :math:`\ge 0`, so every observed multiplier only grows), and, with
     buffers, an *unweighted* overall: the mean of the observed groups' buffered losses.
-    ``form="signed"`` (default) is :math:`L_g - L` with the population-weighted overall above.
+    ``form="signed"`` (default) is :math:`L_g - L` with the population-weighted overall above. The
+    experiment harness (``ExperimentConfig.el_form``) defaults to ``"paper"`` instead, since its
+    tables compare with the paper; this class keeps ``"signed"``, the textbook equality.
 
     Args:
         num_groups: number of groups (or give ``reference``).
