@@ -322,12 +322,16 @@ def _resolvable_line(payload: dict[str, Any], min_count: int = 100) -> str:
     One clause per (sparsity, method), seeds in the grid's order.
     """
     by_cell: dict[tuple[float, str], list[tuple[float, float]]] = {}
+    last_iterate: dict[tuple[float, str], list[float]] = {}
     tolerance = payload["settings"]["tolerance"]
     for cell in payload["cells"]:
         train = DisparityReport.from_dict(cell["reports"]["train"])
         test = DisparityReport.from_dict(cell["reports"]["test"])
         pair = (train.max_psi_among(min_count=min_count), test.max_psi_among(min_count=min_count))
         by_cell.setdefault((cell["config"]["sparsity"], cell["config"]["method"]), []).append(pair)
+        last = cell["log"][-1].get("train_max_psi_judged")  # the last epoch's, where the log has it
+        if last is not None and cell["config"]["iterate_min_count"] == min_count:
+            last_iterate.setdefault((cell["config"]["sparsity"], cell["config"]["method"]), []).append(last)
     first = payload["cells"][0]["reports"]
     large = int((DisparityReport.from_dict(first["train"]).count >= min_count).sum())
     large_test = int((DisparityReport.from_dict(first["test"]).count >= min_count).sum())
@@ -335,8 +339,15 @@ def _resolvable_line(payload: dict[str, Any], min_count: int = 100) -> str:
     for (sparsity, method), pairs in sorted(by_cell.items(), key=lambda item: (item[0][0], METHODS.index(item[0][1]))):
         train = ", ".join(f"{100 * t:.2f}" for t, _ in pairs)
         met = sum(t <= tolerance for t, _ in pairs)
+        lasts = last_iterate.get((sparsity, method), [])
+        last_text = (
+            f"; its last epoch's {', '.join(f'{100 * v:.2f}' for v in lasts)}, ≤ ε on "
+            f"{sum(v <= tolerance for v in lasts)}"
+            if len(lasts) == len(pairs)
+            else ""
+        )
         parts.append(
-            f"{100 * sparsity:g}% {NAMES.get(method, method)} {train} (≤ ε on {met} of {len(pairs)}; "
+            f"{100 * sparsity:g}% {NAMES.get(method, method)} {train} (≤ ε on {met} of {len(pairs)}{last_text}; "
             f"test {mean_std([t for _, t in pairs])})"
         )
     return (

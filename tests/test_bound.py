@@ -354,3 +354,9 @@ def test_iterate_min_count_judges_only_large_enough_groups(tmp_path):
     none_large = run_experiment(ExperimentConfig(**base, iterate_min_count=10**9), task=task, progress=False)
     assert none_large["final_iterate"] == every["final_iterate"]
     assert none_large["reports"] == every["reports"]
+    assert all("train_max_psi_judged" not in e for e in every["log"])  # logged only when groups are judged
+    assert {e.get("train_max_psi_judged", "absent") for e in none_large["log"]} <= {None, "absent"}
+    all_groups = run_experiment(ExperimentConfig(**base, iterate_min_count=1), task=task, progress=False)
+    judged = [(e["train_max_psi_judged"], e["train_max_psi"]) for e in all_groups["log"] if "train_max_psi" in e]
+    assert judged
+    assert all(a == b for a, b in judged)  # every group has >= 1 sample: the same max as train_max_psi

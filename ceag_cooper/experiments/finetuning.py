@@ -219,6 +219,7 @@ def finetune(
                 if train_eval is not None
                 else {}
             ),
+            **_judged_entry(train_eval, config.iterate_min_count),
             "test_accuracy": round(float(test_metrics.accuracy), 4),
             "test_max_psi": round(test_report.max_psi, 4),
             **_constraint_log(problem, names, violation),
@@ -259,6 +260,14 @@ def finetune(
         log[-1]["selected_iterate"] = selector.best_name
         log[-1]["final_iterate"] = selector.reason()
     return model, pruner, log
+
+
+def _judged_entry(train_eval: DisparityReport | None, min_count: int) -> dict[str, Any]:
+    """The log's ``train_max_psi_judged``: max ψ over the groups the iterate choice judges (None if none is)."""
+    if train_eval is None or not min_count:
+        return {}
+    value = train_eval.max_psi_among(min_count=min_count)
+    return {"train_max_psi_judged": None if math.isnan(value) else round(value, 4)}
 
 
 def _check_same_run(path: Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
