@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", nargs="+", help="results JSON files written by `prune` or `demo`")
     report.add_argument("--output", default="outputs/report", help="folder for report.md and plots")
     report.set_defaults(run=_cmd_report)
-    demo = commands.add_parser("demo", help="UTKFace, NFT vs CEAG at 90%% sparsity (minutes on a CPU)")
+    demo = commands.add_parser("demo", help="UTKFace at 16 px, NFT vs CEAG at 90%% sparsity (~8 min on 2 CPU cores)")
     demo.add_argument("--quick", action="store_true", help="tiny subset and 1 epoch each (a smoke test)")
     demo.add_argument(
         "--task",
