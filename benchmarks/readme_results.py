@@ -197,11 +197,14 @@ def _bound_targets(payload: dict[str, Any]) -> list[str]:
             continue
         seeds = len(ceag["seeds"])
         feasible = round(ceag["feasible"] * seeds)
-        if nft is None:  # the feasibility target can be read already; the accuracy ones need NFT's cells
+        if nft is None:  # feasibility and test max psi can be read already; the accuracy target needs NFT's cells
+            worst = statistics.mean(ceag["test max ψ"])
             lines.append(
                 f"- {100 * sparsity:g}%: train max ψ ≤ ε on {feasible}/{seeds} seeds so far (target ≥ "
-                f"{target['feasible']} of 5); the accuracy targets wait for NFT's cells (the grid runs CEAG on every "
-                "seed first)"
+                f"{target['feasible']} of 5); test max ψ {100 * worst:.2f} "
+                f"(target ≤ {100 * target['test_max_psi']:g}): "
+                + ("met" if worst <= target["test_max_psi"] else "missed")
+                + "; the accuracy target waits for NFT's cells (the grid runs CEAG on every seed first)"
             )
             continue
         common = sorted(set(nft["seeds"]) & set(ceag["seeds"]))  # compared on the seeds both have run
