@@ -414,3 +414,9 @@ def test_a_failure_record_holds_no_machine_path(tmp_path):
     record = runner.record_failure(config, NonFiniteError("the batch loss is not finite"), tmp_path / "r.json")
     assert record["config"]["output_dir"] == "benchmarks/runs/some_grid"
     assert json.loads((tmp_path / "r.json").read_text())["config"]["output_dir"] == "benchmarks/runs/some_grid"
+
+
+def test_committed_benchmark_results_stay_small():
+    """Generated tables and aggregates stay below 2 MB each (the per-cell JSON in runs/ has every digit)."""
+    large = [p.name for p in (RUNNER.parent / "results").glob("*") if p.is_file() and p.stat().st_size > 2_000_000]
+    assert large == []
