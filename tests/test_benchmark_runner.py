@@ -55,6 +55,18 @@ def test_quick_grid_runs_aggregates_and_resumes(tmp_path, capsys):
     expected = runner.mean_std([c["log"][-1]["train_max_psi"] for c in cells])
     assert last[0].split(" | ")[4] == expected  # the last epoch's eval-mode train max psi, from the logs
     assert any(line.startswith("- 90%: train max ψ ≤ ε on ") for line in lines)
+    assert not any("race × gender" in line for line in lines)  # no 10-group file yet: no block
+    # The 10-group grid's block: its target line counts feasible seeds from the cells' own reports.
+    (tmp_path / "utk_race_by_race_gender_12ep.json").write_text(json.dumps(payload))
+    lines = readme_results.bound_section(tmp_path)
+    assert any("race × gender (10 groups)" in line and "in progress: 4 of 15 cells" in line for line in lines)
+    tolerance = cells[0]["config"]["tolerance"]
+    feasible = sum(c["reports"]["train"]["overall"]["max_psi"] <= tolerance for c in cells)
+    verdict = "met" if feasible >= 2 else "open"  # 2 seeds of the 3 the target asks for
+    target = [line for line in lines if line.startswith("Issue #13's target for this grid")]
+    assert len(target) == 1
+    assert f"on {feasible} of 2 seeds at 90%" in target[0]
+    assert target[0].endswith(f": {verdict}.")
     with pytest.raises(SystemExit, match="no cells for method"):
         plotter.main(["--grid", "quick", "--results", str(tmp_path), "--figures", str(tmp_path), "--methods", "el"])
 
