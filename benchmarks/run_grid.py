@@ -184,6 +184,7 @@ GRIDS: dict[str, dict[str, Any]] = {
             "dense_epochs": 2,
             "prune_epochs": 1,
             "finetune_epochs": 1,
+            "lr_milestones": (),  # constant LR: too short for the default schedule
             "augment": False,
         },
         "sparsities": (0.9,),

@@ -8,21 +8,14 @@ import cooper
 import numpy as np
 import pytest
 import torch
+from tiny_experiment import TINY
 
 import ceag_cooper as cc
 from ceag_cooper.experiments import ExperimentConfig, load_task, primal_lr, run_experiment
 from ceag_cooper.problems.base import GroupFairnessProblem
 from ceag_cooper.selection import IterateSelector, select_iterate
 
-TINY = {
-    "task": "synthetic",
-    "model": "mlp",
-    "width": 8,
-    "dense_epochs": 2,
-    "prune_epochs": 1,
-    "finetune_epochs": 2,
-    "lr_milestones": (),
-}  # constant LR: too short for the default schedule
+TINY = {**TINY, "finetune_epochs": 2}
 
 
 def reference_metrics(accuracy=(0.9, 0.8, 0.7), counts=(50.0, 30.0, 20.0)):

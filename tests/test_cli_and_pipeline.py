@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_experiment import TINY
 
 from ceag_cooper.data import resolve_data_dir
 from ceag_cooper.experiments import METHODS, ExperimentConfig, load_task, run_experiment
 from ceag_cooper.experiments.cli import main
 
-TINY = {
-    "task": "synthetic",
-    "model": "mlp",
-    "width": 8,
-    "dense_epochs": 2,
-    "prune_epochs": 1,
-    "finetune_epochs": 1,
-    "lr_milestones": (),
-}  # constant LR: too short for the default schedule
 UTKFACE = resolve_data_dir() / "utkface" / "UTKFace.tar.gz"
 
 
