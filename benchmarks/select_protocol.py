@@ -180,6 +180,20 @@ UTK_MANY_GROUP_CANDIDATES: dict[str, dict[str, Any]] = {
 """Candidates for ``utk_many_groups_12ep`` (90 groups), fixed before its runs: Adult's choice, Cooper's
 "auto" step (1.1e-3 at 90 constraints; select_utk_many_groups.md chose 1e-3 under the first protocol)
 and one between. Each cell takes ~13 min, so the list is short."""
+RACE_GENDER_CANDIDATES: dict[str, dict[str, Any]] = {
+    "train estimates": {"constraint_estimate": "train"},
+    "buffers of 160": {"buffer_size": 160},
+    "buffers of 160, margin 0.5": {"buffer_size": 160, "margin": 0.005},
+    "eval, buffers of 160, margin 0.5": {"constraint_estimate": "eval", "buffer_size": 160, "margin": 0.005},
+    "eval, margin 0.5, dual lr 0.03": {"constraint_estimate": "eval", "margin": 0.005, "dual_lr": 0.03},
+}
+"""Candidates for a selection of its own on ``utk_race_by_race_gender_12ep`` (10 groups), fixed before
+any of its runs and judged by ``RULE``, after utk_race's choice (the first one) missed there: train
+max ψ 1.12 and 1.46 on seeds 0 and 1 (ε = 1). Those cells' logs: at every epoch end the 40-sample buffers'
+violations span about −15 to +10 points across the groups, one group's value swinging by as much
+between epochs (a binomial standard error of ~5 points at k = 40), and no multiplier passes 0.07. Larger buffers (160: a quarter of the smallest group's fitted part) cut that
+noise in half; the margin and the faster dual are the strongest of utk_race's candidates on the
+fitted part. Not wired into a grid yet (a grid opts in with ``"selection"``)."""
 RULE = (
     "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
     "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
