@@ -191,9 +191,10 @@ RACE_GENDER_CANDIDATES: dict[str, dict[str, Any]] = {
 any of its runs and judged by ``RULE``, after utk_race's choice (the first one) missed there: train
 max ψ 1.12 and 1.46 on seeds 0 and 1 (ε = 1). Those cells' logs: at every epoch end the 40-sample buffers'
 violations span about −15 to +10 points across the groups, one group's value swinging by as much
-between epochs (a binomial standard error of ~5 points at k = 40), and no multiplier passes 0.07. Larger buffers (160: a quarter of the smallest group's fitted part) cut that
-noise in half; the margin and the faster dual are the strongest of utk_race's candidates on the
-fitted part. Not wired into a grid yet (a grid opts in with ``"selection"``)."""
+between epochs (a binomial standard error of ~5 points at k = 40), and no multiplier passes 0.07.
+Larger buffers (160: a quarter of the smallest group's fitted part) cut that noise in half; the
+margin and the faster dual are the strongest of utk_race's candidates on the fitted part.
+Not wired into a grid yet (a grid opts in with ``"selection"``)."""
 RULE = (
     "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
     "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
