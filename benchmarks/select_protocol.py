@@ -194,7 +194,7 @@ violations span about −15 to +10 points across the groups, one group's value s
 between epochs (a binomial standard error of ~5 points at k = 40), and no multiplier passes 0.07.
 Larger buffers (160: a quarter of the smallest group's fitted part) cut that noise in half; the
 margin and the faster dual are the strongest of utk_race's candidates on the fitted part.
-Not wired into a grid yet (a grid opts in with ``"selection"``)."""
+The grid opts in with ``"selection": "race_gender_12ep"``."""
 RULE = (
     "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
     "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
@@ -207,28 +207,30 @@ MANY_GROUP_RULE = (
 )
 
 
-MANY_GROUP_CANDIDATE_SETS: dict[str, dict[str, dict[str, Any]]] = {
-    "many_groups": MANY_GROUP_CANDIDATES,
-    "many_groups_long": LONG_SCHEDULE_CANDIDATES,
-    "many_groups_utk": UTK_MANY_GROUP_CANDIDATES,
+PLAIN_SELECTION: dict[str, Any] = {"candidates": CANDIDATES, "rule": RULE, "accuracy_slack": 0.01,
+                                   "fit_min_count": None, "validation_min_count": None}  # fmt: skip
+"""The selection of a grid without a ``"selection"`` key: ``CANDIDATES`` judged by ``RULE`` on every group."""
+_MANY_GROUP_SCORING = {"rule": MANY_GROUP_RULE, "accuracy_slack": 0.02, "fit_min_count": 80, "validation_min_count": 20}
+SELECTIONS: dict[str, dict[str, Any]] = {
+    "many_groups": {"candidates": MANY_GROUP_CANDIDATES, **_MANY_GROUP_SCORING},
+    "many_groups_long": {"candidates": LONG_SCHEDULE_CANDIDATES, **_MANY_GROUP_SCORING},
+    "many_groups_utk": {"candidates": UTK_MANY_GROUP_CANDIDATES, **_MANY_GROUP_SCORING},
+    "race_gender_12ep": {**PLAIN_SELECTION, "candidates": RACE_GENDER_CANDIDATES},
 }
-"""A many-groups grid's ``"selection"`` -> its candidates; every one is judged by ``MANY_GROUP_RULE``."""
+"""A grid's ``"selection"`` -> its candidates, rule, accuracy slack and the group sizes its scores count:
+the many-groups sets are judged by ``MANY_GROUP_RULE`` (groups with enough samples), the others by ``RULE``."""
 
 
 def selection_of(grid: dict[str, Any]) -> dict[str, Any]:
-    """A grid's selection: its candidates, rule, accuracy slack and the group sizes its scores count."""
-    if "selection" in grid:
-        return {"candidates": MANY_GROUP_CANDIDATE_SETS[grid["selection"]], "rule": MANY_GROUP_RULE,
-                "accuracy_slack": 0.02, "fit_min_count": 80, "validation_min_count": 20}  # fmt: skip
-    return {"candidates": CANDIDATES, "rule": RULE, "accuracy_slack": 0.01, "fit_min_count": None,
-            "validation_min_count": None}  # fmt: skip
+    """A grid's selection (``SELECTIONS[grid["selection"]]``, else ``PLAIN_SELECTION``)."""
+    return SELECTIONS[grid["selection"]] if "selection" in grid else PLAIN_SELECTION
 
 
 def summarize(
     name: str, results: list[dict[str, Any]], tolerance: float, selection: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Per-seed scores and their means for one candidate (max ψ over large enough groups, if the selection says)."""
-    selection = selection or selection_of({})
+    selection = selection or PLAIN_SELECTION
     per_seed = [scores(r, selection["fit_min_count"], selection["validation_min_count"]) for r in results]
     row: dict[str, Any] = {"name": name, "seeds": [r["config"]["seed"] for r in results], "per_seed": per_seed}
     for key in per_seed[0]:
@@ -254,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the candidates (finished ones are reused) and write ``select_protocol_<grid>.{json,md}``."""
     options = parser(__doc__)
     options.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
-    everything = sorted({*CANDIDATES, *(name for c in MANY_GROUP_CANDIDATE_SETS.values() for name in c)})
+    everything = sorted({*CANDIDATES, *(name for s in SELECTIONS.values() for name in s["candidates"])})
     options.add_argument("--candidates", nargs="+", default=None, choices=everything, help="default: the grid's")
     given, cmd = command("select_protocol.py", argv)
     args = options.parse_args(given)

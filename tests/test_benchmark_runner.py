@@ -240,6 +240,9 @@ def test_settings_selected_for_a_method_override_the_base_and_are_stated(tmp_pat
     assert "select_quick.md" in header
     assert "fixed (not tuned" not in header
     assert "fixed (not tuned" in runner.markdown("quick", runner.GRIDS["quick"], [], "cmd", 0)
+    pending = runner.markdown("quick", {**runner.GRIDS["quick"], "selection": "race_gender_12ep"}, [], "cmd", 0)
+    assert "fixed (not tuned" not in pending  # its own selection is pending: defaults, and it says so
+    assert "select_protocol_quick.md) is not committed" in pending
 
 
 def test_each_grid_runs_with_the_dual_lr_chosen_for_its_task_on_held_out_data():
@@ -306,7 +309,9 @@ def test_the_12_epoch_grids_run_ceag_with_the_options_chosen_on_held_out_data():
     runner = load_runner()
     select = load_module("select_protocol")
     path = RUNNER.parent / "results" / "select_protocol_utk_race_12ep.json"
-    for name in ("utk_race_12ep", "utk_race_by_race_gender_12ep"):
+    names = [name for name, grid in runner.GRIDS.items() if name.endswith("_12ep") and "selection" not in grid]
+    assert "utk_race_12ep" in names
+    for name in names:
         grid = runner.GRIDS[name]
         if not path.exists():
             assert "selected" not in grid, f"{name} claims a selection that is not committed"
@@ -315,8 +320,8 @@ def test_the_12_epoch_grids_run_ceag_with_the_options_chosen_on_held_out_data():
         assert grid["selected"] == {"ceag": select.CANDIDATES[chosen]}, name
 
 
-def test_the_many_group_grids_run_the_options_chosen_on_held_out_data():
-    """A many-groups grid's ``selected`` is its committed selection's choice; a group-size threshold chosen
+def test_grids_with_a_selection_of_their_own_run_the_options_chosen_on_held_out_data():
+    """A grid's ``selected`` is its own committed selection's choice; a group-size threshold chosen
     on the fitted 80% (``iterate_min_count``) is scaled to the whole training split; no file, no claim."""
     from ceag_cooper.experiments import HELDOUT_FRACTION
 
@@ -367,6 +372,19 @@ def test_overhead_quick_writes_one_backend_and_its_step_rows(tmp_path):
     assert "Bookkeeping: vectorized torch operators" in page
     assert {10_000, 100_000} <= set(overhead.GROUP_COUNTS)
     assert overhead.STEP_TARGETS[10_000] == overhead.STEP_TARGETS[100_000] == 1.05
+
+
+def test_the_ten_group_grid_selects_among_its_own_candidates_by_the_plain_rule():
+    """10 groups of >= 600 samples: every group is judged (no size threshold) with the 1-point slack, and the
+    first candidate is utk_race's choice, so the grid's cells that ran before its selection keep their names."""
+    select = load_module("select_protocol")
+    runner = load_runner()
+    selection = select.selection_of(runner.GRIDS["utk_race_by_race_gender_12ep"])
+    assert selection["candidates"] is select.RACE_GENDER_CANDIDATES
+    assert (selection["rule"], selection["accuracy_slack"], selection["fit_min_count"]) == (select.RULE, 0.01, None)
+    first = next(iter(select.RACE_GENDER_CANDIDATES.values()))
+    assert {"ceag": first} == runner.GRIDS["utk_race_12ep"]["selected"]
+    assert select.selection_of(runner.GRIDS["utk_race_12ep"]) is select.PLAIN_SELECTION
 
 
 def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
