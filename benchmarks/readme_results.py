@@ -291,6 +291,28 @@ def _ten_group_lines(results: Path) -> list[str]:
         *lines,
         f"Issue #13's target for this grid: CEAG's train max ψ ≤ ε on {feasible} of {seeds} seeds at 90% "
         f"({values} points; target ≥ {need} of {of}): {verdict}.",
+        *_buffer_noise(payload),
+    ]
+
+
+def _buffer_noise(payload: dict[str, Any], method: str = "ceag") -> list[str]:
+    """What the multipliers saw: the buffered violations and multipliers at the fine-tuning's epoch ends
+    (no line when no cell of ``method`` logged them)."""
+    cells = [c for c in payload["cells"] if c.get("config", {}).get("method") == method]
+    ends = [e for c in cells for e in c["log"] if e.get("mitigation") and e.get("violations")]
+    if not ends:
+        return []
+    violations = [list(e["violations"].values()) for e in ends]
+    spreads = [max(v) - min(v) for v in violations]
+    sizes = sorted({c["config"]["buffer_size"] for c in cells})
+    return [
+        "",
+        f"What CEAG's multipliers saw ({len(cells)} cells, buffers of {', '.join(map(str, sizes))} samples; the "
+        f"`violations` and `multipliers` of each epoch end in its log): the buffered violations span "
+        f"{100 * min(map(min, violations)):+.1f} to {100 * max(map(max, violations)):+.1f} points, "
+        f"{100 * statistics.mean(spreads):.1f} points between the lowest and the highest group at a mean epoch end "
+        f"({len(ends)} epoch ends), against ε = {100 * cells[0]['config']['tolerance']:g} point(s); the largest "
+        f"multiplier is {max(max(e['multipliers'].values()) for e in ends):.3f}.",
     ]
 
 

@@ -469,3 +469,29 @@ def test_ten_group_target_line_says_open_only_while_the_remaining_seeds_can_meet
     (tmp_path / "utk_race_by_race_gender_12ep.json").write_text(json.dumps(payload))
     target = [line for line in readme_results._ten_group_lines(tmp_path) if line.startswith("Issue #13's target")]
     assert target[0].endswith(f"target ≥ 2 of 3): {verdict}.")
+
+
+def test_the_ten_group_block_says_what_the_multipliers_saw_from_the_cells_logs():
+    """Span, mean spread per epoch end and the largest multiplier, by hand from two logged epoch ends;
+    epochs before mitigation and other methods' cells do not count; no logged violations, no line."""
+    readme_results = load_module("readme_results")
+
+    def end(violations, multipliers, mitigation=True):
+        return {"mitigation": mitigation, "violations": dict(zip("ab", violations, strict=True)),
+                "multipliers": dict(zip("ab", multipliers, strict=True))}  # fmt: skip
+
+    config = {"method": "ceag", "buffer_size": 40, "tolerance": 0.01}
+    cells = [
+        {"config": config, "log": [end((-0.5, 0.5), (9.0, 9.0), mitigation=False), end((-0.10, 0.04), (0.0, 0.02))]},
+        {"config": config, "log": [end((0.02, 0.06), (0.05, 0.0))]},
+        {"config": {**config, "method": "nft"}, "log": [end((-0.9, 0.9), (7.0, 7.0))]},
+    ]
+    [blank, line] = readme_results._buffer_noise({"cells": cells})
+    assert blank == ""
+    assert "2 cells, buffers of 40 samples" in line
+    assert "span -10.0 to +6.0 points" in line
+    assert (
+        "9.0 points between the lowest and the highest group at a mean epoch end (2 epoch ends)" in line
+    )  # (14 + 4) / 2
+    assert line.endswith("the largest multiplier is 0.050.")
+    assert readme_results._buffer_noise({"cells": [{"config": config, "log": [{"mitigation": True}]}]}) == []
