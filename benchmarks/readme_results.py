@@ -296,23 +296,33 @@ def _ten_group_lines(results: Path) -> list[str]:
 
 
 def _buffer_noise(payload: dict[str, Any], method: str = "ceag") -> list[str]:
-    """What the multipliers saw: the buffered violations and multipliers at the fine-tuning's epoch ends
-    (no line when no cell of ``method`` logged them)."""
+    """What the multipliers saw at the epoch ends with the constraints on, from the cells' logs.
+
+    The span of the buffered violations, how much one group's value moves from one epoch end to the
+    next (its standard deviation over them: the buffers' noise plus the model's drift) and the largest
+    multiplier; no line when no cell of ``method`` logged two such epoch ends.
+    """
     cells = [c for c in payload["cells"] if c.get("config", {}).get("method") == method]
-    ends = [e for c in cells for e in c["log"] if e.get("mitigation") and e.get("violations")]
-    if not ends:
+    logs = [[e for e in c["log"] if e.get("mitigation") and e.get("violations")] for c in cells]
+    swings = [
+        statistics.stdev(e["violations"][group] for e in ends)
+        for ends in logs
+        if len(ends) > 1
+        for group in ends[0]["violations"]
+    ]
+    if not swings:
         return []
-    violations = [list(e["violations"].values()) for e in ends]
-    spreads = [max(v) - min(v) for v in violations]
+    values = [v for ends in logs for e in ends for v in e["violations"].values()]
     sizes = sorted({c["config"]["buffer_size"] for c in cells})
     return [
         "",
         f"What CEAG's multipliers saw ({len(cells)} cells, buffers of {', '.join(map(str, sizes))} samples; the "
-        f"`violations` and `multipliers` of each epoch end in its log): the buffered violations span "
-        f"{100 * min(map(min, violations)):+.1f} to {100 * max(map(max, violations)):+.1f} points, "
-        f"{100 * statistics.mean(spreads):.1f} points between the lowest and the highest group at a mean epoch end "
-        f"({len(ends)} epoch ends), against ε = {100 * cells[0]['config']['tolerance']:g} point(s); the largest "
-        f"multiplier is {max(max(e['multipliers'].values()) for e in ends):.3f}.",
+        f"`violations` and `multipliers` logged at each of {sum(map(len, logs))} epoch ends with the constraints "
+        f"on): buffered violations from {100 * min(values):+.1f} to {100 * max(values):+.1f} points; one group's "
+        f"value moves between epoch ends with a standard deviation of {100 * statistics.median(swings):.1f} points "
+        f"(median over groups and cells; {100 * min(swings):.1f}–{100 * max(swings):.1f}), against "
+        f"ε = {100 * cells[0]['config']['tolerance']:g} point(s); the largest multiplier is "
+        f"{max(max(e['multipliers'].values()) for ends in logs for e in ends):.3f}.",
     ]
 
 

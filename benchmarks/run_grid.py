@@ -228,7 +228,7 @@ def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> s
     selected = grid.get("selected", {})
     if not selected and "selection" in grid:
         return (
-            f"{text}: the library's defaults, while this grid's own choice by `select_protocol.py` "
+            f"{text}: the grid's base settings (not tuned), while its own choice by `select_protocol.py` "
             f"(results/select_protocol_{name}.md) is not committed. ε is the requirement, not tuned."
         )
     if not selected:

@@ -375,15 +375,16 @@ def test_overhead_quick_writes_one_backend_and_its_step_rows(tmp_path):
 
 
 def test_the_ten_group_grid_selects_among_its_own_candidates_by_the_plain_rule():
-    """10 groups of >= 600 samples: every group is judged (no size threshold) with the 1-point slack, and the
-    first candidate is utk_race's choice, so the grid's cells that ran before its selection keep their names."""
+    """10 groups of >= 600 samples: every group is judged (no size threshold) with the 1-point slack, and
+    utk_race's choice is one of the candidates (the grid ran it before its own selection)."""
     select = load_module("select_protocol")
     runner = load_runner()
     selection = select.selection_of(runner.GRIDS["utk_race_by_race_gender_12ep"])
-    assert selection["candidates"] is select.RACE_GENDER_CANDIDATES
-    assert (selection["rule"], selection["accuracy_slack"], selection["fit_min_count"]) == (select.RULE, 0.01, None)
-    first = next(iter(select.RACE_GENDER_CANDIDATES.values()))
-    assert {"ceag": first} == runner.GRIDS["utk_race_12ep"]["selected"]
+    assert selection == {**select.PLAIN_SELECTION, "candidates": select.RACE_GENDER_CANDIDATES}
+    judged = (selection["rule"], selection["accuracy_slack"], selection["fit_min_count"])
+    assert judged == (select.RULE, 0.01, None)
+    assert selection["validation_min_count"] is None
+    assert runner.GRIDS["utk_race_12ep"]["selected"]["ceag"] in select.RACE_GENDER_CANDIDATES.values()
     assert select.selection_of(runner.GRIDS["utk_race_12ep"]) is select.PLAIN_SELECTION
 
 
@@ -472,8 +473,9 @@ def test_ten_group_target_line_says_open_only_while_the_remaining_seeds_can_meet
 
 
 def test_the_ten_group_block_says_what_the_multipliers_saw_from_the_cells_logs():
-    """Span, mean spread per epoch end and the largest multiplier, by hand from two logged epoch ends;
-    epochs before mitigation and other methods' cells do not count; no logged violations, no line."""
+    """Span, each group's standard deviation over epoch ends and the largest multiplier, by hand from two
+    cells of two logged epoch ends; epochs before mitigation and other methods' cells do not count; fewer
+    than two logged epoch ends: no line."""
     readme_results = load_module("readme_results")
 
     def end(violations, multipliers, mitigation=True):
@@ -481,17 +483,19 @@ def test_the_ten_group_block_says_what_the_multipliers_saw_from_the_cells_logs()
                 "multipliers": dict(zip("ab", multipliers, strict=True))}  # fmt: skip
 
     config = {"method": "ceag", "buffer_size": 40, "tolerance": 0.01}
+    off = end((-0.5, 0.5), (9.0, 9.0), mitigation=False)
     cells = [
-        {"config": config, "log": [end((-0.5, 0.5), (9.0, 9.0), mitigation=False), end((-0.10, 0.04), (0.0, 0.02))]},
-        {"config": config, "log": [end((0.02, 0.06), (0.05, 0.0))]},
-        {"config": {**config, "method": "nft"}, "log": [end((-0.9, 0.9), (7.0, 7.0))]},
+        {"config": config, "log": [off, end((-0.10, 0.04), (0.0, 0.02)), end((0.00, 0.08), (0.01, 0.0))]},
+        {"config": config, "log": [end((0.02, 0.06), (0.05, 0.0)), end((0.02, 0.00), (0.0, 0.0))]},
+        {"config": {**config, "method": "nft"}, "log": [end((-0.9, 0.9), (7.0, 7.0))] * 2},
     ]
     [blank, line] = readme_results._buffer_noise({"cells": cells})
     assert blank == ""
     assert "2 cells, buffers of 40 samples" in line
-    assert "span -10.0 to +6.0 points" in line
-    assert (
-        "9.0 points between the lowest and the highest group at a mean epoch end (2 epoch ends)" in line
-    )  # (14 + 4) / 2
+    assert "each of 4 epoch ends" in line
+    assert "from -10.0 to +8.0 points" in line
+    # sd over the two ends: a 7.07 and b 2.83 (first cell), a 0 and b 4.24 (second): median (2.83 + 4.24) / 2
+    assert "standard deviation of 3.5 points (median over groups and cells; 0.0–7.1)" in line
     assert line.endswith("the largest multiplier is 0.050.")
-    assert readme_results._buffer_noise({"cells": [{"config": config, "log": [{"mitigation": True}]}]}) == []
+    one_end = {"config": config, "log": [end((0.0, 0.1), (0.0, 0.0))]}
+    assert readme_results._buffer_noise({"cells": [one_end]}) == []
