@@ -81,10 +81,10 @@ GRIDS: dict[str, dict[str, Any]] = {
         "sparsities": (0.9,),
         "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
         "seeds": (0, 1, 2),
-        # utk_race's choice (train estimates, the default) missed here on 2 of 3 seeds; its own candidates
-        # were fixed before any of its runs (select_protocol.RACE_GENDER_CANDIDATES). Until their file is
-        # committed its CEAG row runs the defaults, which are utk_race's choice.
+        # utk_race's choice (train estimates, k = 40) missed here on 2 of 3 seeds; its own candidates were
+        # fixed before any of its runs (select_protocol.RACE_GENDER_CANDIDATES).
         "selection": "race_gender_12ep",
+        "selected": {"ceag": {"buffer_size": 160}},  # results/select_protocol_utk_race_by_race_gender_12ep.md
     },
     "utk_race": {
         "base": {**LEGACY, "target": "race", "protected": ("race",)},

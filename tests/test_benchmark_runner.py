@@ -499,3 +499,35 @@ def test_the_ten_group_block_says_what_the_multipliers_saw_from_the_cells_logs()
     assert line.endswith("the largest multiplier is 0.050.")
     one_end = {"config": config, "log": [end((0.0, 0.1), (0.0, 0.0))]}
     assert readme_results._buffer_noise({"cells": [one_end]}) == []
+
+
+def test_the_ten_group_block_reports_the_cells_its_selection_replaced(tmp_path):
+    """The CEAG cells of the grid's base settings (the grid with ``selected`` cleared) and only those:
+    not the selected settings' cell, not NFT's; a grid that selected nothing, or no such cell: no lines."""
+    from dataclasses import asdict
+
+    readme_results = load_module("readme_results")
+    runner = load_runner()
+    name = "utk_race_by_race_gender_12ep"
+    grid = runner.GRIDS[name]
+    assert grid["selected"]["ceag"]["buffer_size"] != grid["base"].get("buffer_size", 40)
+    results = tmp_path / "runs" / name / "results"
+    results.mkdir(parents=True)
+
+    def write(config, train_psi, test_psi, test_acc):
+        overall = {"train": {"max_psi": train_psi}, "test": {"max_psi": test_psi, "sparse_accuracy": test_acc}}
+        record = {"config": asdict(config), "log": [], "reports": {k: {"overall": v} for k, v in overall.items()}}
+        (results / f"{config.run_name()}.json").write_text(json.dumps(record))
+
+    base = {c.seed: c for c in runner.cells({**grid, "selected": {}}, tmp_path, None) if c.method == "ceag"}
+    write(base[0], 0.005, 0.03, 0.80)
+    write(base[1], 0.02, 0.01, 0.70)
+    for c in runner.cells(grid, tmp_path, [0]):  # the selected settings' CEAG cell and NFT's: not counted
+        write(c, 0.5, 0.5, 0.1)
+    [blank, line] = readme_results._before_selection(name, tmp_path / "runs")
+    assert blank == ""
+    assert "(buffer size 40; the selection chose buffer size 160)" in line
+    assert "train max ψ 0.50, 2.00 points (≤ ε on 1 of 2 seeds), mean test max ψ 2.00" in line
+    assert line.endswith("mean test accuracy 75.00.")
+    assert readme_results._before_selection("utk_race_12ep", tmp_path / "runs") == []  # its CEAG: none there
+    assert readme_results._before_selection("quick", tmp_path / "runs") == []  # selected nothing
