@@ -380,7 +380,17 @@ def test_the_ten_group_grid_selects_among_its_own_candidates_by_the_plain_rule()
     select = load_module("select_protocol")
     runner = load_runner()
     selection = select.selection_of(runner.GRIDS["utk_race_by_race_gender_12ep"])
-    assert selection == {**select.PLAIN_SELECTION, "candidates": select.RACE_GENDER_CANDIDATES}
+    assert {k: selection[k] for k in select.PLAIN_SELECTION} == {
+        **select.PLAIN_SELECTION,
+        "candidates": select.RACE_GENDER_CANDIDATES,
+    }
+    # A round, once run, never changes: the committed selection ran exactly the rounds before the last one or all.
+    committed = json.loads(
+        (RUNNER.parent / "results" / "select_protocol_utk_race_by_race_gender_12ep.json").read_text()
+    )
+    rounds = selection["rounds"]
+    ran = [{n: c for r in rounds[:k] for n, c in r.items()} for k in (len(rounds) - 1, len(rounds))]
+    assert committed["candidates_overrides"] in ran
     judged = (selection["rule"], selection["accuracy_slack"], selection["fit_min_count"])
     assert judged == (select.RULE, 0.01, None)
     assert selection["validation_min_count"] is None
