@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         added = [name for name in names if name in round_]
         if added:
             intro += (
-                f" Round {number} ({', '.join(added)}) was added after {selection['round_reason']}; "
+                f" Round {number} ({'; '.join(added)}) was added after {selection['round_reason']}; "
                 "the rule did not change."
             )
     write(args.output, f"select_protocol_{args.grid}", payload, page(title, intro, cmd, table))
