@@ -261,16 +261,17 @@ def bound_section(results: Path = RESULTS) -> list[str]:
     return lines + _ten_group_lines(results)
 
 
+TEN_GROUP_GRID = "utk_race_by_race_gender_12ep"
 TEN_GROUP_TARGET = {"sparsity": 0.9, "feasible": 2}
 """Issue #13's target on utk_race_by_race_gender_12ep: CEAG's train max ψ ≤ ε on 2 of its 3 seeds at 90%."""
 
 
 def _ten_group_lines(results: Path) -> list[str]:
     """The 10-group (race × gender) rerun of issue #13's protocol: its table and its one target."""
-    payload = _load("utk_race_by_race_gender_12ep", results)
+    payload = _load(TEN_GROUP_GRID, results)
     if payload is None:
         return []
-    status = _status("utk_race_by_race_gender_12ep", payload)
+    status = _status(TEN_GROUP_GRID, payload)
     lines = [
         "",
         "**UTKFace, target race, race × gender (10 groups), the same protocol** "
@@ -279,9 +280,9 @@ def _ten_group_lines(results: Path) -> list[str]:
         *_table(payload, ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"), HEADLINE),
         "",
     ]
-    need, of = TEN_GROUP_TARGET["feasible"], len(GRIDS["utk_race_by_race_gender_12ep"]["seeds"])
+    need, of = TEN_GROUP_TARGET["feasible"], len(GRIDS[TEN_GROUP_GRID]["seeds"])
     ceag = _row(payload, TEN_GROUP_TARGET["sparsity"], "ceag")
-    before = _before_selection("utk_race_by_race_gender_12ep", results.parent / "runs")
+    before = _before_selection(TEN_GROUP_GRID, results.parent / "runs")
     if ceag is None:
         target = f"Issue #13's target (train max ψ ≤ ε on {need} of {of} seeds at 90%): not measured yet."
         return [*lines, target, *before]
@@ -302,17 +303,17 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in settings.items())
 
 
-def _before_selection(name: str, runs: Path, method: str = "ceag") -> list[str]:
-    """Grid ``name``'s ``method`` cells with its base settings, run before its ``selected`` replaced them.
+def _before_selection(name: str, runs: Path) -> list[str]:
+    """Grid ``name``'s CEAG cells with its base settings, run before its ``selected`` replaced them.
 
     They stay in ``runs/<name>/results/`` (the grid with ``selected`` cleared defines them); no lines
-    when the grid selected nothing for ``method`` or none of those cells is there.
+    when the selection changed nothing (the same cells) or none of those cells is there.
     """
     grid = GRIDS[name]
-    chosen = grid.get("selected", {}).get(method)
-    if not chosen:
-        return []
-    configs = [c for c in cells({**grid, "selected": {}}, runs / name, None) if c.method == method]
+    chosen = grid.get("selected", {}).get("ceag", {})
+    current = {c.run_name() for c in cells(grid, runs / name, None)}
+    base = cells({**grid, "selected": {}}, runs / name, None)
+    configs = [c for c in base if c.method == "ceag" and c.run_name() not in current]
     paths = [runs / name / "results" / f"{c.run_name()}.json" for c in configs]
     done = [json.loads(path.read_text()) for path in paths if path.exists()]
     if not done:
@@ -320,10 +321,10 @@ def _before_selection(name: str, runs: Path, method: str = "ceag") -> list[str]:
     tolerance = done[0]["config"]["tolerance"]
     train = [r["reports"]["train"]["overall"]["max_psi"] for r in done]
     test = [r["reports"]["test"]["overall"] for r in done]
-    base = _settings_text({key: done[0]["config"][key] for key in chosen})
+    settings = _settings_text({key: done[0]["config"][key] for key in chosen})
     return [
         "",
-        f"Before this grid's own selection its CEAG cells ran with the base settings ({base}; the selection "
+        f"Before this grid's own selection its CEAG cells ran with the base settings ({settings}; the selection "
         f"chose {_settings_text(chosen)}): train max ψ "
         f"{', '.join(f'{100 * v:.2f}' for v in train)} points (≤ ε on {sum(v <= tolerance for v in train)} of "
         f"{len(train)} seeds), mean test max ψ {100 * statistics.mean(t['max_psi'] for t in test):.2f}, mean test "
@@ -332,15 +333,15 @@ def _before_selection(name: str, runs: Path, method: str = "ceag") -> list[str]:
     ]
 
 
-def _buffer_noise(payload: dict[str, Any], method: str = "ceag") -> list[str]:
-    """What the multipliers saw at the epoch ends with the constraints on, from the cells' logs.
+def _buffer_noise(payload: dict[str, Any]) -> list[str]:
+    """What CEAG's multipliers saw at the epoch ends with the constraints on, from its cells' logs.
 
     The span of the buffered violations, how much one group's value moves from one epoch end to the
     next (its standard deviation over them: the buffers' noise plus the model's drift) and the largest
-    multiplier; no line when no cell of ``method`` logged two such epoch ends.
+    multiplier; no line when no CEAG cell logged two such epoch ends.
     """
-    cells = [c for c in payload["cells"] if c.get("config", {}).get("method") == method]
-    logs = [[e for e in c["log"] if e.get("mitigation") and e.get("violations")] for c in cells]
+    ceag = [c for c in payload["cells"] if c["config"]["method"] == "ceag"]
+    logs = [[e for e in c["log"] if e.get("mitigation") and e.get("violations")] for c in ceag]
     swings = [
         statistics.stdev(e["violations"][group] for e in ends)
         for ends in logs
@@ -350,15 +351,15 @@ def _buffer_noise(payload: dict[str, Any], method: str = "ceag") -> list[str]:
     if not swings:
         return []
     values = [v for ends in logs for e in ends for v in e["violations"].values()]
-    sizes = sorted({c["config"]["buffer_size"] for c in cells})
+    sizes = sorted({c["config"]["buffer_size"] for c in ceag})
     return [
         "",
-        f"What CEAG's multipliers saw ({len(cells)} cells, buffers of {', '.join(map(str, sizes))} samples; the "
+        f"What CEAG's multipliers saw ({len(ceag)} cells, buffers of {', '.join(map(str, sizes))} samples; the "
         f"`violations` and `multipliers` logged at each of {sum(map(len, logs))} epoch ends with the constraints "
         f"on): buffered violations from {100 * min(values):+.1f} to {100 * max(values):+.1f} points; one group's "
         f"value moves between epoch ends with a standard deviation of {100 * statistics.median(swings):.1f} points "
         f"(median over groups and cells; {100 * min(swings):.1f}–{100 * max(swings):.1f}), against "
-        f"ε = {100 * cells[0]['config']['tolerance']:g} point(s); the largest multiplier is "
+        f"ε = {100 * ceag[0]['config']['tolerance']:g} point(s); the largest multiplier is "
         f"{max(max(e['multipliers'].values()) for ends in logs for e in ends):.3f}.",
     ]
 

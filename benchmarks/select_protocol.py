@@ -31,6 +31,17 @@ from _selection import CellRunner, base_config, command, page, parser, scores, w
 
 from ceag_cooper.experiments import ExperimentConfig, load_task
 
+
+def _merged(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """One candidate set from rounds of them, in order; a name in two rounds is refused (it would hide one)."""
+    names = [name for round_ in rounds for name in round_]
+    if len(set(names)) < len(names):
+        raise ValueError(
+            f"a candidate name repeats across rounds: {sorted(n for n in set(names) if names.count(n) > 1)}"
+        )
+    return {name: settings for round_ in rounds for name, settings in round_.items()}
+
+
 CANDIDATES: dict[str, dict[str, Any]] = {
     "train estimates": {"constraint_estimate": "train"},
     "eval estimates": {"constraint_estimate": "eval"},
@@ -151,7 +162,7 @@ MANY_GROUP_ROUNDS: list[dict[str, dict[str, Any]]] = [
 dual step size (fixed or Cooper's 10 x primal lr / C), buffers no larger than each group (its exact
 estimate instead of repeats), eval-mode estimates, the detached overall term; later rounds were added
 after the earlier ones missed (the comments say why); the rule never changed."""
-MANY_GROUP_CANDIDATES: dict[str, dict[str, Any]] = {name: c for r in MANY_GROUP_ROUNDS for name, c in r.items()}
+MANY_GROUP_CANDIDATES = _merged(MANY_GROUP_ROUNDS)
 _JUDGED = {"fit_buffers_to_groups": True, "iterate_min_count": 80}
 LONG_SCHEDULE_CANDIDATES: dict[str, dict[str, Any]] = {
     "detached overall, 0.01": {**_DETACHED, **_JUDGED},
@@ -204,7 +215,7 @@ RACE_GENDER_ROUNDS: list[dict[str, dict[str, Any]]] = [
         },
     },
 ]
-RACE_GENDER_CANDIDATES: dict[str, dict[str, Any]] = {name: c for r in RACE_GENDER_ROUNDS for name, c in r.items()}
+RACE_GENDER_CANDIDATES = _merged(RACE_GENDER_ROUNDS)
 """Candidates for a selection of its own on ``utk_race_by_race_gender_12ep`` (10 groups), by round, each
 fixed before its runs and judged by ``RULE``. Round 1 came after utk_race's choice (the first one) missed there: train
 max ψ 1.12 and 1.46 on seeds 0 and 1 (ε = 1). Those cells' logs: at every epoch end the 40-sample buffers'

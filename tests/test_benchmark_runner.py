@@ -476,7 +476,7 @@ def test_ten_group_target_line_says_open_only_while_the_remaining_seeds_can_meet
     row = {c: [0.5] * len(seeds) for c in readme_results.HEADLINE}
     row.update(sparsity=0.9, method="ceag", seeds=seeds, feasible=sum(v <= 0.01 for v in train_max_psi) / len(seeds))
     row["train max ψ"] = list(train_max_psi)
-    payload = {"cells": [{}] * len(seeds), "rows": [row]}
+    payload = {"cells": [{"config": {"method": "ceag"}, "log": []}] * len(seeds), "rows": [row]}
     (tmp_path / "utk_race_by_race_gender_12ep.json").write_text(json.dumps(payload))
     target = [line for line in readme_results._ten_group_lines(tmp_path) if line.startswith("Issue #13's target")]
     assert target[0].endswith(f"target ≥ 2 of 3): {verdict}.")
@@ -539,5 +539,10 @@ def test_the_ten_group_block_reports_the_cells_its_selection_replaced(tmp_path):
     assert "(buffer size 40; the selection chose buffer size 160)" in line
     assert "train max ψ 0.50, 2.00 points (≤ ε on 1 of 2 seeds), mean test max ψ 2.00" in line
     assert line.endswith("mean test accuracy 75.00.")
-    assert readme_results._before_selection("utk_race_12ep", tmp_path / "runs") == []  # its CEAG: none there
     assert readme_results._before_selection("quick", tmp_path / "runs") == []  # selected nothing
+    # utk_race_12ep's selection kept the base setting: its cells are the current ones, never "before" cells
+    results = tmp_path / "runs" / "utk_race_12ep" / "results"
+    results.mkdir(parents=True)
+    for c in runner.cells(runner.GRIDS["utk_race_12ep"], tmp_path, [0]):
+        write(c, 0.5, 0.5, 0.1)
+    assert readme_results._before_selection("utk_race_12ep", tmp_path / "runs") == []
