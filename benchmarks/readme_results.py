@@ -277,11 +277,12 @@ def _ten_group_lines(results: Path) -> list[str]:
         "**UTKFace, target race, race × gender (10 groups), the same protocol** "
         f"([table](benchmarks/results/utk_race_by_race_gender_12ep.md)); {status}:",
         "",
-        *_table(payload, ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"), HEADLINE),
+        *_table(payload, GRIDS[TEN_GROUP_GRID]["methods"], HEADLINE),
         "",
     ]
     need, of = TEN_GROUP_TARGET["feasible"], len(GRIDS[TEN_GROUP_GRID]["seeds"])
-    ceag = _row(payload, TEN_GROUP_TARGET["sparsity"], "ceag")
+    method, _ = _selected(GRIDS[TEN_GROUP_GRID])
+    ceag = _row(payload, TEN_GROUP_TARGET["sparsity"], method)
     before = _before_selection(TEN_GROUP_GRID, results.parent / "runs")
     if ceag is None:
         target = f"Issue #13's target (train max ψ ≤ ε on {need} of {of} seeds at 90%): not measured yet."
@@ -292,9 +293,9 @@ def _ten_group_lines(results: Path) -> list[str]:
     values = ", ".join(f"{100 * v:.2f}" for v in ceag["train max ψ"])
     return [
         *lines,
-        f"Issue #13's target for this grid: CEAG's train max ψ ≤ ε on {feasible} of {seeds} seeds at 90% "
-        f"({values} points; target ≥ {need} of {of}): {verdict}.",
-        *_buffer_noise(payload),
+        f"Issue #13's target for this grid: {NAMES[method]}'s train max ψ ≤ ε on {feasible} of {seeds} seeds at "
+        f"90% ({values} points; target ≥ {need} of {of}): {verdict}.",
+        *_buffer_noise(payload, method),
         *before,
     ]
 
@@ -303,44 +304,64 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in settings.items())
 
 
-def _before_selection(name: str, runs: Path) -> list[str]:
-    """Grid ``name``'s CEAG cells with its base settings, run before its ``selected`` replaced them.
+def _selected(grid: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The method a grid's ``selected`` tunes (its only key) and the settings chosen; CEAG's base if none."""
+    return next(iter(grid.get("selected", {}).items()), ("ceag", {}))
 
-    They stay in ``runs/<name>/results/`` (the grid with ``selected`` cleared defines them); no lines
-    when the selection changed nothing (the same cells) or none of those cells is there.
+
+def _before_selection(name: str, runs: Path) -> list[str]:
+    """Grid ``name``'s CEAG cells run before its ``selected`` replaced them: its base settings' and
+    each earlier selection's choice (``"earlier_selected"``, oldest first).
+
+    They stay in ``runs/<name>/results/`` (the grid with ``selected`` set to that setting defines them);
+    no lines for a setting whose cells are the current ones or none of whose cells is there.
     """
     grid = GRIDS[name]
-    chosen = grid.get("selected", {}).get("ceag", {})
+    method, chosen = _selected(grid)
+    chosen_text = _settings_text(chosen) if method == "ceag" else f"{NAMES[method]} with {_settings_text(chosen)}"
     current = {c.run_name() for c in cells(grid, runs / name, None)}
-    base = cells({**grid, "selected": {}}, runs / name, None)
-    configs = [c for c in base if c.method == "ceag" and c.run_name() not in current]
-    paths = [runs / name / "results" / f"{c.run_name()}.json" for c in configs]
-    done = [json.loads(path.read_text()) for path in paths if path.exists()]
-    if not done:
-        return []
-    tolerance = done[0]["config"]["tolerance"]
-    train = [r["reports"]["train"]["overall"]["max_psi"] for r in done]
-    test = [r["reports"]["test"]["overall"] for r in done]
-    settings = _settings_text({key: done[0]["config"][key] for key in chosen})
-    return [
-        "",
-        f"Before this grid's own selection its CEAG cells ran with the base settings ({settings}; the selection "
-        f"chose {_settings_text(chosen)}): train max ψ "
-        f"{', '.join(f'{100 * v:.2f}' for v in train)} points (≤ ε on {sum(v <= tolerance for v in train)} of "
-        f"{len(train)} seeds), mean test max ψ {100 * statistics.mean(t['max_psi'] for t in test):.2f}, mean test "
-        f"accuracy {100 * statistics.mean(t['sparse_accuracy'] for t in test):.2f}.",
-        *_buffer_noise({"cells": done}),
-    ]
+    lines: list[str] = []
+    for number, earlier in enumerate([{}, *grid.get("earlier_selected", ())]):
+        configs = [
+            c
+            for c in cells({**grid, "selected": earlier}, runs / name, None)
+            if c.method == "ceag" and c.run_name() not in current
+        ]
+        paths = [runs / name / "results" / f"{c.run_name()}.json" for c in configs]
+        done = [json.loads(path.read_text()) for path in paths if path.exists()]
+        if not done:
+            continue
+        tolerance = done[0]["config"]["tolerance"]
+        train = [r["reports"]["train"]["overall"]["max_psi"] for r in done]
+        test = [r["reports"]["test"]["overall"] for r in done]
+        ran_with = done[0]["config"]
+        keys = [
+            key
+            for key in sorted(chosen.keys() | earlier.get("ceag", {}).keys())
+            if not (key.startswith("nupi_") and ran_with["dual_optimizer"] != "nupi")  # unused by SGD
+        ]
+        settings = _settings_text({key: ran_with[key] for key in keys})
+        ran = "the base settings" if number == 0 else f"earlier choice {number} of its own selection"
+        lines += [
+            "",
+            f"Before this grid's current selection its CEAG cells ran with {ran} ({settings}; the current "
+            f"selection chose {chosen_text}): train max ψ "
+            f"{', '.join(f'{100 * v:.2f}' for v in train)} points (≤ ε on {sum(v <= tolerance for v in train)} "
+            f"of {len(train)} seeds), mean test max ψ {100 * statistics.mean(t['max_psi'] for t in test):.2f}, "
+            f"mean test accuracy {100 * statistics.mean(t['sparse_accuracy'] for t in test):.2f}.",
+            *_buffer_noise({"cells": done}),
+        ]
+    return lines
 
 
-def _buffer_noise(payload: dict[str, Any]) -> list[str]:
+def _buffer_noise(payload: dict[str, Any], method: str = "ceag") -> list[str]:
     """What CEAG's multipliers saw at the epoch ends with the constraints on, from its cells' logs.
 
     The span of the buffered violations, how much one group's value moves from one epoch end to the
     next (its standard deviation over them: the buffers' noise plus the model's drift) and the largest
-    multiplier; no line when no CEAG cell logged two such epoch ends.
+    multiplier; no line when no cell of ``method`` logged two such epoch ends.
     """
-    ceag = [c for c in payload["cells"] if c["config"]["method"] == "ceag"]
+    ceag = [c for c in payload["cells"] if c["config"]["method"] == method]
     logs = [[e for e in c["log"] if e.get("mitigation") and e.get("violations")] for c in ceag]
     swings = [
         statistics.stdev(e["violations"][group] for e in ends)

@@ -9,7 +9,8 @@ Rule, fixed before any run (``RULE``): a candidate is *accurate enough* when its
 accuracy over the seeds is within ``--accuracy-slack`` (1 point) of NFT's. Order the candidates
 by (accurate enough first, then the most seeds whose final model has max ψ ≤ ε on the fitted part
 in eval mode, then the smallest mean validation max ψ) and take the first. ε is the requirement
-(1 point), not a knob.
+(1 point), not a knob. A selection may break that last tie by the smallest mean fitted max ψ
+instead (``SLACK_RULE``: the 10-group grid's rounds 3-4, where the target judges the training data).
 
     python benchmarks/select_protocol.py --grid utk_race_12ep               # ~35 min on 2 cores
     python benchmarks/select_protocol.py --grid quick --output /tmp/s --seeds 0   # seconds (tests)
@@ -228,6 +229,45 @@ RULE = (
     "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
     "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
 )
+SLACK_RULE = (
+    "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
+    "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean max ψ on the fitted "
+    "80% (the most slack where the target judges)."
+)
+RACE_GENDER_TWO_SEED_ROUNDS: list[dict[str, dict[str, Any]]] = [
+    {
+        name: RACE_GENDER_CANDIDATES[name]
+        for name in ("buffers of 160, margin 0.5, nuPI", "buffers of 160, margin 0.5", "buffers of 160, dual lr 0.03")
+    },
+    # Round 4, added after none of round 3 met ε on the fitted part of validation seed 1 (same rule). Their
+    # logs: no multiplier passed 0.13 (at a 1-3 point violation an SGD step of 0.01 adds ~3e-4), so the
+    # proxy's weight on the worst group stayed within ~10% of the others'; the one faster dual (SGD 0.1,
+    # round 2) summed its multipliers to 1.39 in its first constrained epoch, turning the overall term's
+    # weight 1 - Σλ negative, and collapsed (the many-groups failure of issue #15). The detached overall
+    # term (CEAG(detach_overall=True)) removes that sign flip, so a fast dual can act; eval-mode estimates
+    # remove the gap the logs show between the buffered (training-mode) and the reported (eval-mode) ψ.
+    {
+        "detached overall, buffers of 160, dual lr 0.1": {
+            "method": "ceag_detach_overall",
+            "buffer_size": 160,
+            "dual_lr": 0.1,
+        },
+        "detached overall, eval, buffers of 160, dual lr 0.1": {
+            "method": "ceag_detach_overall",
+            "constraint_estimate": "eval",
+            "buffer_size": 160,
+            "dual_lr": 0.1,
+        },
+    },
+]
+RACE_GENDER_TWO_SEEDS = _merged(RACE_GENDER_TWO_SEED_ROUNDS)
+"""Rounds 3 and 4 of the 10-group selection, each fixed before its runs: rounds 1-2 judged one validation
+seed, on which nearly every candidate met ε on the fitted part, so the tie-break (validation max ψ)
+decided, and it did not predict the full grid: the choice (buffers of 160) had fitted max ψ 0.86 on
+validation seed 0 and 1.32 on the full grid's seed 0. Issue #13 judges the training data, so round 3
+keeps the three candidates with the most slack there on seed 0 (fitted max ψ 0.64, 0.75, 0.76; the
+others 0.86 and above), judges them on two validation seeds (0 and 1) and breaks ties by the fitted
+max ψ (``SLACK_RULE``); round 4 (the comment above it) is judged the same way."""
 MANY_GROUP_RULE = (
     "accurate enough (mean validation accuracy within the slack, 2 points, of NFT's) first; then the most seeds "
     "whose final model has max ψ ≤ ε, in eval mode on the fitted 80%, over the groups with at least 80 samples "
@@ -255,10 +295,26 @@ SELECTIONS: dict[str, dict[str, Any]] = {
         "rounds": RACE_GENDER_ROUNDS,
         "round_reason": "round 1's choice met the fitted-part target but missed issue #13's on the full grid",
     },
+    "race_gender_12ep_two_seeds": {
+        **PLAIN_SELECTION,
+        "candidates": RACE_GENDER_TWO_SEEDS,
+        "rounds": RACE_GENDER_TWO_SEED_ROUNDS,
+        "first_round": 3,
+        "round_reason": "none of round 3 met ε on the fitted part of both validation seeds",
+        "rule": SLACK_RULE,
+        "tie_break": "fit_max_psi",
+        "seeds": (0, 1),
+        "after": "select_protocol_{grid}.md (rounds 1-2: its choice, buffers of 160, missed on the full grid)",
+    },
 }
 """A grid's ``"selection"`` -> its candidates, rule, accuracy slack and the group sizes its scores count
 (and, where candidates came in rounds, the rounds and why the later ones were added): the many-groups
-sets are judged by ``MANY_GROUP_RULE`` (groups with enough samples), the others by ``RULE``."""
+sets are judged by ``MANY_GROUP_RULE`` (groups with enough samples), the others by ``RULE`` or
+``SLACK_RULE``. Optional: ``"tie_break"`` (the score the rule's last step minimizes; default the
+validation max ψ), ``"seeds"`` (the default ``--seeds``), ``"first_round"`` (the number of its first
+round, where it continues an earlier selection's rounds) and ``"after"`` (the earlier selection it
+follows, named on its page). A grid's ``"selection_page"`` names its results' file stem (default
+``select_protocol_<grid>``)."""
 
 
 def selection_of(grid: dict[str, Any]) -> dict[str, Any]:
@@ -280,14 +336,16 @@ def summarize(
     return row
 
 
-def choose(rows: list[dict[str, Any]], nft_accuracy: float, slack: float) -> dict[str, Any]:
-    """The documented rule (``RULE``)."""
+def choose(
+    rows: list[dict[str, Any]], nft_accuracy: float, slack: float, *, tie_break: str = "validation_max_psi"
+) -> dict[str, Any]:
+    """The documented rule (``RULE``; ``SLACK_RULE`` with ``tie_break="fit_max_psi"``)."""
     return min(
         rows,
         key=lambda r: (
             r["validation_accuracy"] < nft_accuracy - slack,
             -r["fit_feasible_seeds"],
-            math.inf if math.isnan(r["validation_max_psi"]) else r["validation_max_psi"],  # nan: no group counted
+            math.inf if math.isnan(r[tie_break]) else r[tie_break],  # nan: no group counted
         ),
     )
 
@@ -295,7 +353,7 @@ def choose(rows: list[dict[str, Any]], nft_accuracy: float, slack: float) -> dic
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the candidates (finished ones are reused) and write ``select_protocol_<grid>.{json,md}``."""
     options = parser(__doc__)
-    options.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
+    options.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the selection's, else 0 1")
     everything = sorted({*CANDIDATES, *(name for s in SELECTIONS.values() for name in s["candidates"])})
     options.add_argument("--candidates", nargs="+", default=None, choices=everything, help="default: the grid's")
     given, cmd = command("select_protocol.py", argv)
@@ -308,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         options.error(f"grid {args.grid!r} has no candidate(s) {unknown}; its candidates: {sorted(candidates)}")
     if args.accuracy_slack is None:
         args.accuracy_slack = selection["accuracy_slack"]
+    if args.seeds is None:
+        args.seeds = selection.get("seeds", (0, 1))
     base = base_config(args)
     plan = {"NFT": {"method": "nft"}, **{name: {"method": "ceag", **candidates[name]} for name in names}}
     run, results = CellRunner(load_task), {name: [] for name in plan}
@@ -318,9 +378,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tolerance = results["NFT"][0]["config"]["tolerance"]
     nft = summarize("NFT", results.pop("NFT"), tolerance, selection)
     rows = [summarize(name, runs, tolerance, selection) for name, runs in results.items()]
-    chosen = choose(rows, nft["validation_accuracy"], args.accuracy_slack)
+    tie_break = selection.get("tie_break", "validation_max_psi")
+    chosen = choose(rows, nft["validation_accuracy"], args.accuracy_slack, tie_break=tie_break)
     rule = selection["rule"]
-    payload = {"grid": args.grid, "command": cmd, "rule": rule, "tolerance": tolerance,
+    payload = {"grid": args.grid, "command": cmd, "rule": rule, "tie_break": tie_break, "tolerance": tolerance,
                "accuracy_slack": args.accuracy_slack, "settings": {k: base[k] for k in ("sparsity", "validation")},
                "seeds": list(args.seeds), "candidates_overrides": {n: candidates[n] for n in names}, "nft": nft,
                "candidates": rows, "chosen": chosen["name"]}  # fmt: skip
@@ -342,14 +403,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"point(s); every run has the grid's schedule and returns its feasibility-first iterate. Rule, fixed "
         f"before any run: {rule} Means over seeds, accuracy points."
     )
-    for number, round_ in enumerate(selection.get("rounds", [])[1:], start=2):
+    for number, round_ in enumerate(selection.get("rounds", [])[1:], start=selection.get("first_round", 1) + 1):
         added = [name for name in names if name in round_]
         if added:
             intro += (
                 f" Round {number} ({'; '.join(added)}) was added after {selection['round_reason']}; "
                 "the rule did not change."
             )
-    write(args.output, f"select_protocol_{args.grid}", payload, page(title, intro, cmd, table))
+    if "after" in selection:
+        intro += f" It follows {selection['after'].format(grid=args.grid)}."
+    stem = GRIDS[args.grid].get("selection_page", f"select_protocol_{args.grid}")
+    write(args.output, stem, payload, page(title, intro, cmd, table))
     return payload
 
 

@@ -105,10 +105,12 @@ def test_committed_cells_keep_their_names():
 def test_every_committed_grid_cell_is_a_cell_of_a_grid_definition():
     """Changing a default must not silently rename a grid's cells (its next run would redo them all).
 
-    A grid's cells from before its selection (the fixed dual lr, superseded by ``selected``) count too.
+    A grid's cells from before its selection (the fixed dual lr, superseded by ``selected``) and from
+    its earlier selections' choices (``earlier_selected``) count too.
     """
     runner = load_runner()
     grids = [*runner.GRIDS.values(), *({**g, "selected": {}} for g in runner.GRIDS.values())]
+    grids += [{**g, "selected": e} for g in runner.GRIDS.values() for e in g.get("earlier_selected", ())]
     defined = {c.run_name() for grid in grids for c in runner.cells(grid, Path("runs"), None)}
     paths = [p for p in sorted((RUNNER.parent / "runs").glob("*/results/*.json")) if "select_" not in p.parts[-3]]
     assert paths, "no committed grid cells found"
@@ -269,6 +271,11 @@ def test_protocol_selection_rule_on_hand_made_candidates():
     assert select.choose(rows, nft_accuracy=0.805, slack=0.01)["name"] == "d"  # most feasible, then smaller psi
     assert select.choose(rows[1:3], nft_accuracy=0.805, slack=0.01)["name"] == "b"  # accurate enough first
     assert select.choose(rows[2:3], nft_accuracy=0.805, slack=0.01)["name"] == "c"  # none close: still one
+    # SLACK_RULE: the same order, ties broken by the fitted max ψ instead (a, not d, has more slack there)
+    for r, fit in zip(rows, (0.002, 0.009, 0.001, 0.008), strict=True):
+        r["fit_max_psi"] = fit
+    assert select.choose(rows, nft_accuracy=0.805, slack=0.01, tie_break="fit_max_psi")["name"] == "a"
+    assert select.choose(rows, nft_accuracy=0.805, slack=0.01)["name"] == "d"  # the default is unchanged
 
 
 def test_quick_protocol_selection_never_reads_the_test_split(tmp_path, monkeypatch):
@@ -331,7 +338,7 @@ def test_grids_with_a_selection_of_their_own_run_the_options_chosen_on_held_out_
     for name, grid in runner.GRIDS.items():
         if "selection" not in grid:
             continue
-        path = RUNNER.parent / "results" / f"select_protocol_{name}.json"
+        path = RUNNER.parent / "results" / f"{grid.get('selection_page', f'select_protocol_{name}')}.json"
         if not path.exists():
             assert "selected" not in grid, f"{name} claims a selection that is not committed"
             continue
@@ -379,7 +386,7 @@ def test_the_ten_group_grid_selects_among_its_own_candidates_by_the_plain_rule()
     utk_race's choice is one of the candidates (the grid ran it before its own selection)."""
     select = load_module("select_protocol")
     runner = load_runner()
-    selection = select.selection_of(runner.GRIDS["utk_race_by_race_gender_12ep"])
+    selection = select.SELECTIONS["race_gender_12ep"]
     assert {k: selection[k] for k in select.PLAIN_SELECTION} == {
         **select.PLAIN_SELECTION,
         "candidates": select.RACE_GENDER_CANDIDATES,
@@ -396,6 +403,40 @@ def test_the_ten_group_grid_selects_among_its_own_candidates_by_the_plain_rule()
     assert selection["validation_min_count"] is None
     assert runner.GRIDS["utk_race_12ep"]["selected"]["ceag"] in select.RACE_GENDER_CANDIDATES.values()
     assert select.selection_of(runner.GRIDS["utk_race_12ep"]) is select.PLAIN_SELECTION
+
+
+def test_the_ten_group_third_round_keeps_the_candidates_with_the_most_fitted_slack():
+    """Round 3 (two validation seeds, SLACK_RULE) keeps, unchanged (so their seed-0 cells are reused), the
+    three accurate-enough candidates of rounds 1-2 with the smallest fitted max ψ on seed 0, recomputed here
+    from the committed rounds 1-2 page; the grid now follows round 3 and names its page."""
+    select = load_module("select_protocol")
+    runner = load_runner()
+    grid = runner.GRIDS["utk_race_by_race_gender_12ep"]
+    third = select.selection_of(grid)
+    assert third is select.SELECTIONS["race_gender_12ep_two_seeds"]
+    assert (third["rule"], third["tie_break"], tuple(third["seeds"])) == (select.SLACK_RULE, "fit_max_psi", (0, 1))
+    assert {k: third[k] for k in ("accuracy_slack", "fit_min_count", "validation_min_count")} == {
+        "accuracy_slack": 0.01,
+        "fit_min_count": None,
+        "validation_min_count": None,
+    }
+    earlier = json.loads((RUNNER.parent / "results" / "select_protocol_utk_race_by_race_gender_12ep.json").read_text())
+    assert earlier["seeds"] == [0]
+    accurate = [
+        r for r in earlier["candidates"] if r["validation_accuracy"] >= earlier["nft"]["validation_accuracy"] - 0.01
+    ]
+    slackest = sorted(accurate, key=lambda r: r["fit_max_psi"])[:3]
+    assert set(third["rounds"][0]) == {r["name"] for r in slackest}
+    for name, overrides in third["rounds"][0].items():
+        assert overrides == earlier["candidates_overrides"][name]
+    assert third["candidates"] == {n: c for r in third["rounds"] for n, c in r.items()}
+    assert third["first_round"] == len(select.SELECTIONS["race_gender_12ep"]["rounds"]) + 1
+    # Round 4 adds the detached overall term with a fast dual, with and without eval-mode estimates.
+    assert [c.get("method") for c in third["rounds"][1].values()] == ["ceag_detach_overall"] * 2
+    page = RUNNER.parent / "results" / f"{grid['selection_page']}.json"
+    ran = [{n: c for r in third["rounds"][:k] for n, c in r.items()} for k in (1, 2)]  # a run round never changes
+    assert json.loads(page.read_text())["candidates_overrides"] in ran
+    assert grid["selection_page"] == "select_protocol_utk_race_by_race_gender_12ep_two_seeds"
 
 
 def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
@@ -511,16 +552,21 @@ def test_the_ten_group_block_says_what_the_multipliers_saw_from_the_cells_logs()
     assert readme_results._buffer_noise({"cells": [one_end]}) == []
 
 
-def test_the_ten_group_block_reports_the_cells_its_selection_replaced(tmp_path):
-    """The CEAG cells of the grid's base settings (the grid with ``selected`` cleared) and only those:
-    not the selected settings' cell, not NFT's; a grid that selected nothing, or no such cell: no lines."""
+def test_the_ten_group_block_reports_the_cells_its_selection_replaced(tmp_path, monkeypatch):
+    """The CEAG cells of the grid's base settings (the grid with ``selected`` cleared) and of each earlier
+    selection's choice, and only those: not the current choice's cells, not NFT's; a grid that selected
+    nothing, or no such cell: no lines."""
     from dataclasses import asdict
 
     readme_results = load_module("readme_results")
     runner = load_runner()
     name = "utk_race_by_race_gender_12ep"
-    grid = runner.GRIDS[name]
-    assert grid["selected"]["ceag"]["buffer_size"] != grid["base"].get("buffer_size", 40)
+    grid = {
+        **runner.GRIDS[name],
+        "selected": {"ceag": {"buffer_size": 80, "dual_optimizer": "nupi", "nupi_kp": 50.0}},
+        "earlier_selected": [{"ceag": {"buffer_size": 160}}],
+    }
+    monkeypatch.setitem(readme_results.GRIDS, name, grid)
     results = tmp_path / "runs" / name / "results"
     results.mkdir(parents=True)
 
@@ -529,16 +575,26 @@ def test_the_ten_group_block_reports_the_cells_its_selection_replaced(tmp_path):
         record = {"config": asdict(config), "log": [], "reports": {k: {"overall": v} for k, v in overall.items()}}
         (results / f"{config.run_name()}.json").write_text(json.dumps(record))
 
+    assert readme_results._before_selection(name, tmp_path / "runs") == []  # no earlier cell there yet
     base = {c.seed: c for c in runner.cells({**grid, "selected": {}}, tmp_path, None) if c.method == "ceag"}
     write(base[0], 0.005, 0.03, 0.80)
     write(base[1], 0.02, 0.01, 0.70)
-    for c in runner.cells(grid, tmp_path, [0]):  # the selected settings' CEAG cell and NFT's: not counted
+    for c in runner.cells(grid, tmp_path, [0]):  # the current choice's CEAG cell and NFT's: not counted
         write(c, 0.5, 0.5, 0.1)
     [blank, line] = readme_results._before_selection(name, tmp_path / "runs")
     assert blank == ""
-    assert "(buffer size 40; the selection chose buffer size 160)" in line
+    # the cells' own settings for the chosen keys, less nuPI's gains where they ran with SGD
+    chose = "the current selection chose buffer size 80, dual optimizer nupi, nupi kp 50.0)"
+    assert f"ran with the base settings (buffer size 40, dual optimizer sgd; {chose}" in line
     assert "train max ψ 0.50, 2.00 points (≤ ε on 1 of 2 seeds), mean test max ψ 2.00" in line
     assert line.endswith("mean test accuracy 75.00.")
+    earlier = runner.cells({**grid, "selected": grid["earlier_selected"][0]}, tmp_path, [2])
+    write(next(c for c in earlier if c.method == "ceag"), 0.009, 0.02, 0.79)
+    [_, first, blank, second] = readme_results._before_selection(name, tmp_path / "runs")
+    assert first == line
+    assert blank == ""
+    assert f"with earlier choice 1 of its own selection (buffer size 160, dual optimizer sgd; {chose}" in second
+    assert "train max ψ 0.90 points (≤ ε on 1 of 1 seeds), mean test max ψ 2.00, mean test accuracy 79.00." in second
     assert readme_results._before_selection("quick", tmp_path / "runs") == []  # selected nothing
     # utk_race_12ep's selection kept the base setting: its cells are the current ones, never "before" cells
     results = tmp_path / "runs" / "utk_race_12ep" / "results"
