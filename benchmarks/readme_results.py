@@ -310,8 +310,9 @@ def _selected(grid: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _before_selection(name: str, runs: Path) -> list[str]:
-    """Grid ``name``'s CEAG cells run before its ``selected`` replaced them: its base settings' and
-    each earlier selection's choice (``"earlier_selected"``, oldest first).
+    """Grid ``name``'s cells of a tuned method run before its ``selected`` replaced them: the selected
+    method's with its base settings, and each earlier selection's choice (``"earlier_selected"``,
+    oldest first; its own method's cells).
 
     They stay in ``runs/<name>/results/`` (the grid with ``selected`` set to that setting defines them);
     no lines for a setting whose cells are the current ones or none of whose cells is there.
@@ -322,10 +323,11 @@ def _before_selection(name: str, runs: Path) -> list[str]:
     current = {c.run_name() for c in cells(grid, runs / name, None)}
     lines: list[str] = []
     for number, earlier in enumerate([{}, *grid.get("earlier_selected", ())]):
+        of = next(iter(earlier), method)
         configs = [
             c
             for c in cells({**grid, "selected": earlier}, runs / name, None)
-            if c.method == "ceag" and c.run_name() not in current
+            if c.method == of and c.run_name() not in current
         ]
         paths = [runs / name / "results" / f"{c.run_name()}.json" for c in configs]
         done = [json.loads(path.read_text()) for path in paths if path.exists()]
@@ -337,25 +339,25 @@ def _before_selection(name: str, runs: Path) -> list[str]:
         ran_with = done[0]["config"]
         keys = [
             key
-            for key in sorted(chosen.keys() | earlier.get("ceag", {}).keys())
+            for key in sorted(chosen.keys() | earlier.get(of, {}).keys())
             if not (key.startswith("nupi_") and ran_with["dual_optimizer"] != "nupi")  # unused by SGD
         ]
         settings = _settings_text({key: ran_with[key] for key in keys})
         ran = "the base settings" if number == 0 else f"earlier choice {number} of its own selection"
         lines += [
             "",
-            f"Before this grid's current selection its CEAG cells ran with {ran} ({settings}; the current "
+            f"Before this grid's current selection its {NAMES[of]} cells ran with {ran} ({settings}; the current "
             f"selection chose {chosen_text}): train max ψ "
             f"{', '.join(f'{100 * v:.2f}' for v in train)} points (≤ ε on {sum(v <= tolerance for v in train)} "
             f"of {len(train)} seeds), mean test max ψ {100 * statistics.mean(t['max_psi'] for t in test):.2f}, "
             f"mean test accuracy {100 * statistics.mean(t['sparse_accuracy'] for t in test):.2f}.",
-            *_buffer_noise({"cells": done}),
+            *_buffer_noise({"cells": done}, of),
         ]
     return lines
 
 
 def _buffer_noise(payload: dict[str, Any], method: str = "ceag") -> list[str]:
-    """What CEAG's multipliers saw at the epoch ends with the constraints on, from its cells' logs.
+    """What ``method``'s multipliers saw at the epoch ends with the constraints on, from its cells' logs.
 
     The span of the buffered violations, how much one group's value moves from one epoch end to the
     next (its standard deviation over them: the buffers' noise plus the model's drift) and the largest
@@ -372,11 +374,11 @@ def _buffer_noise(payload: dict[str, Any], method: str = "ceag") -> list[str]:
     if not swings:
         return []
     values = [v for ends in logs for e in ends for v in e["violations"].values()]
-    sizes = sorted({c["config"]["buffer_size"] for c in ceag})
+    buffers = ", ".join(str(size) for size in sorted({c["config"]["buffer_size"] for c in ceag}))
     return [
         "",
-        f"What CEAG's multipliers saw ({len(ceag)} cells, buffers of {', '.join(map(str, sizes))} samples; the "
-        f"`violations` and `multipliers` logged at each of {sum(map(len, logs))} epoch ends with the constraints "
+        f"What {NAMES[method]}'s multipliers saw ({len(ceag)} cells, buffers of {buffers} samples; "
+        f"the `violations` and `multipliers` logged at each of {sum(map(len, logs))} epoch ends with the constraints "
         f"on): buffered violations from {100 * min(values):+.1f} to {100 * max(values):+.1f} points; one group's "
         f"value moves between epoch ends with a standard deviation of {100 * statistics.median(swings):.1f} points "
         f"(median over groups and cells; {100 * min(swings):.1f}–{100 * max(swings):.1f}), against "

@@ -240,12 +240,13 @@ RACE_GENDER_TWO_SEED_ROUNDS: list[dict[str, dict[str, Any]]] = [
         for name in ("buffers of 160, margin 0.5, nuPI", "buffers of 160, margin 0.5", "buffers of 160, dual lr 0.03")
     },
     # Round 4, added after none of round 3 met ε on the fitted part of validation seed 1 (same rule). Their
-    # logs: no multiplier passed 0.13 (at a 1-3 point violation an SGD step of 0.01 adds ~3e-4), so the
-    # proxy's weight on the worst group stayed within ~10% of the others'; the one faster dual (SGD 0.1,
-    # round 2) summed its multipliers to 1.39 in its first constrained epoch, turning the overall term's
-    # weight 1 - Σλ negative, and collapsed (the many-groups failure of issue #15). The detached overall
-    # term (CEAG(detach_overall=True)) removes that sign flip, so a fast dual can act; eval-mode estimates
-    # remove the gap the logs show between the buffered (training-mode) and the reported (eval-mode) ψ.
+    # logs: no multiplier passed 0.13 at SGD 0.01 or nuPI, 0.3 at SGD 0.03 (at a 1-3 point violation an SGD
+    # step of 0.01 adds ~3e-4), so the proxy's weight on the worst group stayed within ~10-30% of the
+    # others'; the one faster dual (SGD 0.1, round 2) summed its multipliers to 1.39 in its first
+    # constrained epoch, turning the overall term's weight 1 - Σλ negative, and collapsed (the many-groups
+    # failure of issue #15; a slower cell passed 1.04 for one epoch without collapsing). The detached
+    # overall term (CEAG(detach_overall=True)) removes that sign flip, so a fast dual can act; eval-mode
+    # estimates remove the gap the logs show between the buffered (training-mode) and the reported ψ.
     {
         "detached overall, buffers of 160, dual lr 0.1": {
             "method": "ceag_detach_overall",
@@ -304,6 +305,8 @@ SELECTIONS: dict[str, dict[str, Any]] = {
         "rule": SLACK_RULE,
         "tie_break": "fit_max_psi",
         "seeds": (0, 1),
+        "page": "select_protocol_{grid}_two_seeds",
+        "rule_fixed": "after rounds 1-2's seed-0 runs and before any seed-1 result (round 3's seed-0 cells are theirs)",
         "after": "select_protocol_{grid}.md (rounds 1-2: its choice, buffers of 160, missed on the full grid)",
     },
 }
@@ -312,14 +315,20 @@ SELECTIONS: dict[str, dict[str, Any]] = {
 sets are judged by ``MANY_GROUP_RULE`` (groups with enough samples), the others by ``RULE`` or
 ``SLACK_RULE``. Optional: ``"tie_break"`` (the score the rule's last step minimizes; default the
 validation max ψ), ``"seeds"`` (the default ``--seeds``), ``"first_round"`` (the number of its first
-round, where it continues an earlier selection's rounds) and ``"after"`` (the earlier selection it
-follows, named on its page). A grid's ``"selection_page"`` names its results' file stem (default
-``select_protocol_<grid>``)."""
+round, where it continues an earlier selection's rounds), ``"after"`` (the earlier selection it
+follows, named on its page), ``"rule_fixed"`` (when its rule was fixed, if not before any run) and
+``"page"`` (its results' file stem, ``{grid}`` filled in; default ``select_protocol_{grid}``: the
+grid's ``"selection_page"`` repeats it for run_grid.py, which cannot import this script)."""
 
 
 def selection_of(grid: dict[str, Any]) -> dict[str, Any]:
     """A grid's selection (``SELECTIONS[grid["selection"]]``, else ``PLAIN_SELECTION``)."""
     return SELECTIONS[grid["selection"]] if "selection" in grid else PLAIN_SELECTION
+
+
+def page_stem(grid: str, selection: dict[str, Any]) -> str:
+    """The file stem of a selection's results for ``grid`` (a grid's ``"selection_page"`` must match it)."""
+    return selection.get("page", "select_protocol_{grid}").format(grid=grid)
 
 
 def summarize(
@@ -356,9 +365,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the selection's, else 0 1")
     everything = sorted({*CANDIDATES, *(name for s in SELECTIONS.values() for name in s["candidates"])})
     options.add_argument("--candidates", nargs="+", default=None, choices=everything, help="default: the grid's")
+    options.add_argument(
+        "--selection", choices=sorted(SELECTIONS), default=None, help="default: the grid's (an earlier one: rerun it)"
+    )
     given, cmd = command("select_protocol.py", argv)
     args = options.parse_args(given)
-    selection = selection_of(GRIDS[args.grid])
+    selection = SELECTIONS[args.selection] if args.selection else selection_of(GRIDS[args.grid])
+    tie_break = selection.get("tie_break", "validation_max_psi")
+    if tie_break not in ("validation_max_psi", "fit_max_psi"):
+        raise ValueError(f"tie_break {tie_break!r}: use 'validation_max_psi' (RULE) or 'fit_max_psi' (SLACK_RULE)")
     candidates = selection["candidates"]
     names = args.candidates if args.candidates is not None else list(candidates)
     unknown = [name for name in names if name not in candidates]
@@ -378,7 +393,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tolerance = results["NFT"][0]["config"]["tolerance"]
     nft = summarize("NFT", results.pop("NFT"), tolerance, selection)
     rows = [summarize(name, runs, tolerance, selection) for name, runs in results.items()]
-    tie_break = selection.get("tie_break", "validation_max_psi")
     chosen = choose(rows, nft["validation_accuracy"], args.accuracy_slack, tie_break=tie_break)
     rule = selection["rule"]
     payload = {"grid": args.grid, "command": cmd, "rule": rule, "tie_break": tie_break, "tolerance": tolerance,
@@ -401,8 +415,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     intro = (
         f"Sparsity {100 * base['sparsity']:g}%, seeds {', '.join(map(str, args.seeds))}, ε = {100 * tolerance:g} "
         f"point(s); every run has the grid's schedule and returns its feasibility-first iterate. Rule, fixed "
-        f"before any run: {rule} Means over seeds, accuracy points."
+        f"{selection.get('rule_fixed', 'before any run')}: {rule} Means over seeds, accuracy points."
     )
+    if tie_break != "validation_max_psi":  # what the plain rule would have chosen, for the record
+        plain = choose(rows, nft["validation_accuracy"], args.accuracy_slack)
+        intro += f" With RULE's tie-break (the smallest mean validation max ψ) the choice would be {plain['name']}."
     for number, round_ in enumerate(selection.get("rounds", [])[1:], start=selection.get("first_round", 1) + 1):
         added = [name for name in names if name in round_]
         if added:
@@ -412,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
     if "after" in selection:
         intro += f" It follows {selection['after'].format(grid=args.grid)}."
-    stem = GRIDS[args.grid].get("selection_page", f"select_protocol_{args.grid}")
+    stem = page_stem(args.grid, selection)
     write(args.output, stem, payload, page(title, intro, cmd, table))
     return payload
 

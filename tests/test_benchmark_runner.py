@@ -299,6 +299,24 @@ def test_quick_protocol_selection_never_reads_the_test_split(tmp_path, monkeypat
     assert "(chosen)" in (tmp_path / "select_protocol_quick.md").read_text()
     full = real_load(pipeline.ExperimentConfig.from_dict({**select.GRIDS["quick"]["base"], "seed": 0}))
     assert len(loaded[0].train) + len(loaded[0].test) == len(full.train)
+    # A selection's own seeds, rounds numbering, tie-break, page and notes; the same overrides under a
+    # second name reuse the first run's cell (nothing trains again).
+    same = select.CANDIDATES["eval estimates"]
+    rounds = [{"eval estimates": same}, {"again": same}]
+    notes = {"first_round": 4, "round_reason": "R", "page": "p_{grid}", "after": "A", "rule_fixed": "F"}
+    selection = {**select.PLAIN_SELECTION, "candidates": {"eval estimates": same, "again": same}, "rounds": rounds,
+                 "tie_break": "fit_max_psi", "seeds": (0,), **notes}  # fmt: skip
+    monkeypatch.setitem(select.SELECTIONS, "test_only", selection)
+    payload = select.main(["--grid", "quick", "--output", str(tmp_path), "--selection", "test_only"])
+    assert len(loaded) == 1
+    assert (payload["seeds"], payload["tie_break"]) == ([0], "fit_max_psi")
+    text = (tmp_path / "p_quick.md").read_text()
+    assert "Rule, fixed F: " in text
+    assert " Round 5 (again) was added after R; the rule did not change. It follows A." in text
+    assert "With RULE's tie-break (the smallest mean validation max ψ) the choice would be eval estimates." in text
+    monkeypatch.setitem(select.SELECTIONS, "test_only", {**selection, "tie_break": "validation_acc"})
+    with pytest.raises(ValueError, match="use 'validation_max_psi'"):
+        select.main(["--grid", "quick", "--output", str(tmp_path), "--selection", "test_only"])
 
 
 def test_reliability_table_holds_and_matches_the_committed_one(tmp_path):
@@ -436,7 +454,16 @@ def test_the_ten_group_third_round_keeps_the_candidates_with_the_most_fitted_sla
     page = RUNNER.parent / "results" / f"{grid['selection_page']}.json"
     ran = [{n: c for r in third["rounds"][:k] for n, c in r.items()} for k in (1, 2)]  # a run round never changes
     assert json.loads(page.read_text())["candidates_overrides"] in ran
-    assert grid["selection_page"] == "select_protocol_utk_race_by_race_gender_12ep_two_seeds"
+    assert grid["selection_page"] == select.page_stem("utk_race_by_race_gender_12ep", third)
+    committed = json.loads(page.read_text())  # the committed choice is the rule's on the committed rows
+    again = select.choose(
+        committed["candidates"], committed["nft"]["validation_accuracy"], 0.01, tie_break="fit_max_psi"
+    )
+    assert again["name"] == committed["chosen"] == "buffers of 160, margin 0.5, nuPI"
+    # ... and RULE's tie-break would have chosen another (its page says which)
+    plain = select.choose(committed["candidates"], committed["nft"]["validation_accuracy"], 0.01)
+    assert plain["name"] != committed["chosen"]
+    assert f"the choice would be {plain['name']}." in page.with_suffix(".md").read_text()
 
 
 def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
@@ -596,6 +623,8 @@ def test_the_ten_group_block_reports_the_cells_its_selection_replaced(tmp_path, 
     assert f"with earlier choice 1 of its own selection (buffer size 160, dual optimizer sgd; {chose}" in second
     assert "train max ψ 0.90 points (≤ ε on 1 of 1 seeds), mean test max ψ 2.00, mean test accuracy 79.00." in second
     assert readme_results._before_selection("quick", tmp_path / "runs") == []  # selected nothing
+    monkeypatch.setitem(readme_results.GRIDS, name, {**grid, "earlier_selected": [grid["selected"]]})
+    assert readme_results._before_selection(name, tmp_path / "runs") == [blank, line]  # the current one: no line
     # utk_race_12ep's selection kept the base setting: its cells are the current ones, never "before" cells
     results = tmp_path / "runs" / "utk_race_12ep" / "results"
     results.mkdir(parents=True)
