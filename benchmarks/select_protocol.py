@@ -225,15 +225,12 @@ between epochs (a binomial standard error of ~5 points at k = 40), and no multip
 Larger buffers (160: a quarter of the smallest group's fitted part) cut that noise in half; the
 margin and the faster dual are the strongest of utk_race's candidates on the fitted part.
 The grid opts in with ``"selection": "race_gender_12ep"``."""
-RULE = (
+_RULE_ORDER = (
     "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
-    "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean validation max ψ."
+    "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then "
 )
-SLACK_RULE = (
-    "accurate enough (mean validation accuracy within the slack, 1 point, of NFT's) first; then the most seeds "
-    "whose final model has max ψ ≤ ε on the fitted 80% (eval mode); then the smallest mean max ψ on the fitted "
-    "80% (the most slack where the target judges)."
-)
+RULE = _RULE_ORDER + "the smallest mean validation max ψ."
+SLACK_RULE = _RULE_ORDER + "the smallest mean max ψ on the fitted 80% (the most slack where the target judges)."
 RACE_GENDER_TWO_SEED_ROUNDS: list[dict[str, dict[str, Any]]] = [
     {
         name: RACE_GENDER_CANDIDATES[name]
