@@ -87,7 +87,6 @@ GRIDS: dict[str, dict[str, Any]] = {
         # with the most slack and two with a fast dual on two validation seeds (RACE_GENDER_TWO_SEEDS): none
         # met ε on both; SLACK_RULE chose the nuPI one.
         "selection": "race_gender_12ep_two_seeds",
-        "selection_page": "select_protocol_utk_race_by_race_gender_12ep_two_seeds",
         "selected": {
             "ceag": {"buffer_size": 160, "margin": 0.005, "dual_optimizer": "nupi", "nupi_kp": 50.0, "nupi_ema": 0.9}
         },
@@ -231,6 +230,13 @@ def cells(grid: dict[str, Any], runs: Path, seeds: Sequence[int] | None) -> list
     ]
 
 
+def selection_page(name: str, grid: dict[str, Any]) -> str:
+    """The results page (file stem under ``results/``) of the selection that chose a grid's knobs."""
+    import select_protocol  # deferred: it imports this module (through _selection.py)
+
+    return select_protocol.page_stem(name, select_protocol.selection_of(grid))
+
+
 def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> str:
     """How ε and the dual lr were set, for the table's header."""
     text = f"ε = {100 * config.tolerance:g} point(s), k = {config.buffer_size}, dual lr {config.dual_lr}"
@@ -238,7 +244,7 @@ def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> s
     if not selected and "selection" in grid:
         return (
             f"{text}: the grid's base settings (not tuned), while its own choice by `select_protocol.py` "
-            f"(results/{grid.get('selection_page', f'select_protocol_{name}')}.md) is not committed. "
+            f"(results/{selection_page(name, grid)}.md) is not committed. "
             "ε is the requirement, not tuned."
         )
     if not selected:
@@ -249,9 +255,7 @@ def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> s
     )
     protocol = name.endswith("_12ep") or "selection" in grid  # select_protocol.py; the others select_hparams.py
     script, record = (
-        ("select_protocol", grid.get("selection_page", f"select_protocol_{name}"))
-        if protocol
-        else ("select_hparams", f"select_{name}")
+        ("select_protocol", selection_page(name, grid)) if protocol else ("select_hparams", f"select_{name}")
     )
     return (
         f"{text} except where chosen on a held-out 20% of the training split by `{script}.py` "

@@ -314,8 +314,8 @@ sets are judged by ``MANY_GROUP_RULE`` (groups with enough samples), the others 
 validation max ψ), ``"seeds"`` (the default ``--seeds``), ``"first_round"`` (the number of its first
 round, where it continues an earlier selection's rounds), ``"after"`` (the earlier selection it
 follows, named on its page), ``"rule_fixed"`` (when its rule was fixed, if not before any run) and
-``"page"`` (its results' file stem, ``{grid}`` filled in; default ``select_protocol_{grid}``: the
-grid's ``"selection_page"`` repeats it for run_grid.py, which cannot import this script)."""
+``"page"`` (its results' file stem, ``{grid}`` filled in; default ``select_protocol_{grid}``; run_grid.py's
+``selection_page`` reads it from here)."""
 
 
 def selection_of(grid: dict[str, Any]) -> dict[str, Any]:
@@ -324,7 +324,7 @@ def selection_of(grid: dict[str, Any]) -> dict[str, Any]:
 
 
 def page_stem(grid: str, selection: dict[str, Any]) -> str:
-    """The file stem of a selection's results for ``grid`` (a grid's ``"selection_page"`` must match it)."""
+    """The file stem of a selection's results for ``grid`` (``run_grid.selection_page`` names it in tables)."""
     return selection.get("page", "select_protocol_{grid}").format(grid=grid)
 
 
@@ -342,10 +342,22 @@ def summarize(
     return row
 
 
+TIE_BREAKS = ("validation_max_psi", "fit_max_psi")
+"""The scores the rule's last step may minimize: ``RULE``'s and ``SLACK_RULE``'s."""
+
+
+def _checked_tie_break(tie_break: str) -> str:
+    """``tie_break`` if it is one of ``TIE_BREAKS``, else a ValueError naming them."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break {tie_break!r}: use 'validation_max_psi' (RULE) or 'fit_max_psi' (SLACK_RULE)")
+    return tie_break
+
+
 def choose(
     rows: list[dict[str, Any]], nft_accuracy: float, slack: float, *, tie_break: str = "validation_max_psi"
 ) -> dict[str, Any]:
     """The documented rule (``RULE``; ``SLACK_RULE`` with ``tie_break="fit_max_psi"``)."""
+    _checked_tie_break(tie_break)
     return min(
         rows,
         key=lambda r: (
@@ -368,9 +380,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     given, cmd = command("select_protocol.py", argv)
     args = options.parse_args(given)
     selection = SELECTIONS[args.selection] if args.selection else selection_of(GRIDS[args.grid])
-    tie_break = selection.get("tie_break", "validation_max_psi")
-    if tie_break not in ("validation_max_psi", "fit_max_psi"):
-        raise ValueError(f"tie_break {tie_break!r}: use 'validation_max_psi' (RULE) or 'fit_max_psi' (SLACK_RULE)")
+    tie_break = _checked_tie_break(selection.get("tie_break", "validation_max_psi"))  # before any run
     candidates = selection["candidates"]
     names = args.candidates if args.candidates is not None else list(candidates)
     unknown = [name for name in names if name not in candidates]

@@ -276,6 +276,8 @@ def test_protocol_selection_rule_on_hand_made_candidates():
         r["fit_max_psi"] = fit
     assert select.choose(rows, nft_accuracy=0.805, slack=0.01, tie_break="fit_max_psi")["name"] == "a"
     assert select.choose(rows, nft_accuracy=0.805, slack=0.01)["name"] == "d"  # the default is unchanged
+    with pytest.raises(ValueError, match=r"'fit_max_psi' \(SLACK_RULE\)"):  # not a silent sort on another score
+        select.choose(rows, nft_accuracy=0.805, slack=0.01, tie_break="validation_accuracy")
 
 
 def test_quick_protocol_selection_never_reads_the_test_split(tmp_path, monkeypatch):
@@ -356,7 +358,7 @@ def test_grids_with_a_selection_of_their_own_run_the_options_chosen_on_held_out_
     for name, grid in runner.GRIDS.items():
         if "selection" not in grid:
             continue
-        path = RUNNER.parent / "results" / f"{grid.get('selection_page', f'select_protocol_{name}')}.json"
+        path = RUNNER.parent / "results" / f"{select.page_stem(name, select.selection_of(grid))}.json"
         if not path.exists():
             assert "selected" not in grid, f"{name} claims a selection that is not committed"
             continue
@@ -451,10 +453,12 @@ def test_the_ten_group_third_round_keeps_the_candidates_with_the_most_fitted_sla
     assert third["first_round"] == len(select.SELECTIONS["race_gender_12ep"]["rounds"]) + 1
     # Round 4 adds the detached overall term with a fast dual, with and without eval-mode estimates.
     assert [c.get("method") for c in third["rounds"][1].values()] == ["ceag_detach_overall"] * 2
-    page = RUNNER.parent / "results" / f"{grid['selection_page']}.json"
+    page = RUNNER.parent / "results" / f"{select.page_stem('utk_race_by_race_gender_12ep', third)}.json"
     ran = [{n: c for r in third["rounds"][:k] for n, c in r.items()} for k in (1, 2)]  # a run round never changes
     assert json.loads(page.read_text())["candidates_overrides"] in ran
-    assert grid["selection_page"] == select.page_stem("utk_race_by_race_gender_12ep", third)
+    assert page.name == "select_protocol_utk_race_by_race_gender_12ep_two_seeds.json"
+    config = runner.cells(grid, RUNNER.parent / "runs", [0])[-1]  # the table's header names the page
+    assert f"results/{page.stem}.md" in runner._tuning_text("utk_race_by_race_gender_12ep", grid, config)
     committed = json.loads(page.read_text())  # the committed choice is the rule's on the committed rows
     again = select.choose(
         committed["candidates"], committed["nft"]["validation_accuracy"], 0.01, tie_break="fit_max_psi"
