@@ -232,7 +232,10 @@ def cells(grid: dict[str, Any], runs: Path, seeds: Sequence[int] | None) -> list
 
 def selection_page(name: str, grid: dict[str, Any]) -> str:
     """The results page (file stem under ``results/``) of the selection that chose a grid's knobs."""
-    import select_protocol  # deferred: it imports this module (through _selection.py)
+    # Deferred, and from this folder whoever loaded this script: select_protocol imports it (via _selection.py).
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import select_protocol
 
     return select_protocol.page_stem(name, select_protocol.selection_of(grid))
 

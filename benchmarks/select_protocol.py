@@ -342,14 +342,15 @@ def summarize(
     return row
 
 
-TIE_BREAKS = ("validation_max_psi", "fit_max_psi")
-"""The scores the rule's last step may minimize: ``RULE``'s and ``SLACK_RULE``'s."""
+TIE_BREAKS = {"validation_max_psi": "RULE", "fit_max_psi": "SLACK_RULE"}
+"""The scores the rule's last step may minimize, and the rule that minimizes each."""
 
 
 def _checked_tie_break(tie_break: str) -> str:
     """``tie_break`` if it is one of ``TIE_BREAKS``, else a ValueError naming them."""
     if tie_break not in TIE_BREAKS:
-        raise ValueError(f"tie_break {tie_break!r}: use 'validation_max_psi' (RULE) or 'fit_max_psi' (SLACK_RULE)")
+        choices = " or ".join(f"{score!r} ({rule})" for score, rule in TIE_BREAKS.items())
+        raise ValueError(f"tie_break {tie_break!r}: use {choices}")
     return tie_break
 
 
