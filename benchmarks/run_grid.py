@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -343,14 +344,22 @@ def aggregate(results: list[dict[str, Any]], judged_min_count: int = 0) -> list[
             row["feasible_judged"] = sum(value <= tolerance for value in judged) / len(group)
         tracked = [r["log"][-1]["never_feasible"] for r in group if "never_feasible" in r["log"][-1]]
         if tracked:  # constrained methods: which groups were violated at every check, over how many seeds
-            names = sorted({n for names in tracked for n in names}, key=lambda n: -sum(n in t for t in tracked))
-            row["never_feasible"] = {"seeds": len(tracked), "groups": {n: sum(n in t for t in tracked) for n in names}}
+            row["never_feasible"] = {"seeds": len(tracked), "groups": never_feasible_counts(tracked)}
         if nft:
             row["epoch_time_vs_nft"] = statistics.mean(_step_seconds(r) for r in group) / statistics.mean(
                 _step_seconds(r) for r in nft
             )
         rows.append(row)
     return rows
+
+
+def never_feasible_counts(tracked: list[list[str]]) -> dict[str, int]:
+    """Each never-feasible group -> on how many seeds, most seeds first, ties in the order the logs name them.
+
+    (Ties used to follow a set's order, which changes with Python's string hashing from one run to the next.)
+    """
+    counts = Counter(name for names in tracked for name in names)  # first-seen order, kept by the stable sort
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _never_feasible_text(row: dict[str, Any]) -> str:

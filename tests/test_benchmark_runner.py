@@ -494,6 +494,14 @@ def test_the_many_groups_rule_judges_only_groups_the_data_can_resolve(capsys):
     assert "has no candidate(s) ['eval estimates']" in capsys.readouterr().err
 
 
+def test_never_feasible_groups_are_ordered_by_seed_count_then_as_the_logs_name_them():
+    """Ties keep the logs' order, so a regenerated page is byte-identical (a set's order changes per process)."""
+    runner = load_runner()
+    tracked = [["z", "b", "a"], ["a", "c"], ["c", "a", "y"]]  # a: 3 seeds, c: 2, then z, b, y once each
+    assert list(runner.never_feasible_counts(tracked).items()) == [("a", 3), ("c", 2), ("z", 1), ("b", 1), ("y", 1)]
+    assert runner.never_feasible_counts([[], []]) == {}
+
+
 def test_a_many_groups_table_judges_the_large_groups_per_split():
     """``judged_min_count``: the n ≥ 100 columns take the max over groups with enough samples *in that split*."""
     runner = load_runner()
