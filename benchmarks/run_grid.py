@@ -26,6 +26,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, also when loaded from a file (tests)
+
+from _protocols import page_stem, selection_of
+
 from ceag_cooper import NonFiniteError
 from ceag_cooper.experiments import (
     LEGACY_PROTOCOL,
@@ -83,7 +87,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         "methods": ("nft", "nft_es", "el_rb", "ceag_no_rb", "ceag"),
         "seeds": (0, 1, 2),
         # utk_race's choice (train estimates, k = 40) missed here on 2 of 3 seeds; its own candidates were
-        # fixed before any of its runs (select_protocol.RACE_GENDER_CANDIDATES). Their choice (buffers of 160,
+        # fixed before any of its runs (_protocols.RACE_GENDER_CANDIDATES). Their choice (buffers of 160,
         # results/select_protocol_utk_race_by_race_gender_12ep.md) missed too, so rounds 3-4 judged the three
         # with the most slack and two with a fast dual on two validation seeds (RACE_GENDER_TWO_SEEDS): none
         # met ε on both; SLACK_RULE chose the nuPI one.
@@ -130,7 +134,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     "utk_many_groups_12ep": {
         # Issue #15's UTK-90 target with issue #13's protocol and #15's options (set before any of its runs):
         # eps = 2 points, since one sample is already a point in the 100-sample groups the target judges.
-        # Its knobs come from select_protocol.py's "many_groups_utk" candidates; until then: not reported.
+        # Its knobs: the "many_groups_utk" candidates (_protocols.py) run by select_protocol.py; until then: none.
         "selection": "many_groups_utk",
         "judged_min_count": 100,
         "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender", "age_bucket"), "tolerance": 0.02},
@@ -233,12 +237,7 @@ def cells(grid: dict[str, Any], runs: Path, seeds: Sequence[int] | None) -> list
 
 def selection_page(name: str, grid: dict[str, Any]) -> str:
     """The results page (file stem under ``results/``) of the selection that chose a grid's knobs."""
-    # Deferred, and from this folder whoever loaded this script: select_protocol imports it (via _selection.py).
-    if str(Path(__file__).resolve().parent) not in sys.path:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import select_protocol
-
-    return select_protocol.page_stem(name, select_protocol.selection_of(grid))
+    return page_stem(name, selection_of(grid))
 
 
 def _tuning_text(name: str, grid: dict[str, Any], config: ExperimentConfig) -> str:
