@@ -344,12 +344,60 @@ def aggregate(results: list[dict[str, Any]], judged_min_count: int = 0) -> list[
         tracked = [r["log"][-1]["never_feasible"] for r in group if "never_feasible" in r["log"][-1]]
         if tracked:  # constrained methods: which groups were violated at every check, over how many seeds
             row["never_feasible"] = {"seeds": len(tracked), "groups": never_feasible_counts(tracked)}
-        if nft:
-            row["epoch_time_vs_nft"] = statistics.mean(_step_seconds(r) for r in group) / statistics.mean(
-                _step_seconds(r) for r in nft
+        # Times only against NFT cells of the same seed and dense model: another dense model means another machine.
+        shared = {_seed_and_dense(r) for r in group} & {_seed_and_dense(r) for r in nft}
+        if shared:
+            timed, nft_timed = ([r for r in rows_of if _seed_and_dense(r) in shared] for rows_of in (group, nft))
+            row["epoch_time_vs_nft"] = statistics.mean(map(_step_seconds, timed)) / statistics.mean(
+                map(_step_seconds, nft_timed)
             )
         rows.append(row)
     return rows
+
+
+def _seed_and_dense(result: dict[str, Any]) -> tuple[int, float, float]:
+    """A cell's seed and its dense model, told apart by the dense model's train and test accuracy."""
+    train, test = (result["reports"][split]["overall"]["dense_accuracy"] for split in ("train", "test"))
+    return result["config"]["seed"], train, test
+
+
+def dense_models_per_seed(results: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """The seeds whose cells ran on more than one dense model -> each model's dense accuracies and cells.
+
+    A seed's dense model is trained once per machine, and the same settings, code, data and torch
+    version have given another model on another machine (utk_race_12ep, seed 0; most likely the CPU's
+    floating-point kernels): cells run there start from another point. Models are in the order of
+    their first cell.
+    """
+    by_seed: dict[int, dict[tuple[float, float], list[str]]] = {}
+    for result in results:
+        seed, train, test = _seed_and_dense(result)
+        label = f"{100 * result['config']['sparsity']:.0f}% {result['config']['method']}"
+        by_seed.setdefault(seed, {}).setdefault((train, test), []).append(label)
+    return {
+        seed: [{"train_dense_accuracy": k[0], "test_dense_accuracy": k[1], "cells": v} for k, v in models.items()]
+        for seed, models in sorted(by_seed.items())
+        if len(models) > 1
+    }
+
+
+def _dense_models_text(per_seed: dict[int, list[dict[str, Any]]]) -> str:
+    """Markdown note on the seeds whose cells started from different dense models (empty when none did)."""
+    if not per_seed:
+        return ""
+    lines = [
+        "",
+        "Seeds whose cells started from different dense models, told apart by their dense accuracy: the same "
+        "dense settings trained on another machine (a retrain on one machine has reproduced its model). Each "
+        "cell's ψ is measured against its own "
+        "dense model; accuracies across these cells differ by the dense models' difference too, and their "
+        "epoch times are not compared:",
+        "",
+    ]
+    for seed, models in per_seed.items():
+        parts = [f"test dense acc {100 * m['test_dense_accuracy']:.2f} ({', '.join(m['cells'])})" for m in models]
+        lines.append(f"- seed {seed}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
 
 
 def never_feasible_counts(tracked: list[list[str]]) -> dict[str, int]:
@@ -399,7 +447,8 @@ def markdown(
         f"epochs; gradual magnitude pruning over {config.prune_epochs} epochs, then {config.finetune_epochs} "
         f"fine-tuning epochs; {_tuning_text(name, grid, config)} Mean ± std over seeds, in accuracy points; "
         "'feasible' is the fraction of seeds with train max ψ ≤ ε; 'epoch time' is the "
-        "training loop's time per fine-tuning epoch relative to NFT, from cells run one after another: it "
+        "training loop's time per fine-tuning epoch relative to NFT of the same seeds and dense models, from "
+        "cells run one after another: it "
         "moves with the machine's load (benchmarks/overhead.py has the controlled, side-by-side step ratio). "
         "'Never feasible in training' lists the groups whose constraint was violated at every epoch-end check "
         "of the fine-tuning (count of seeds; – where the cell predates this record or has no constraints).",
@@ -524,9 +573,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         }
         payload["cells"] = [_compact_reports({k: r[k] for k in kept}) for r in results]
         payload["failed"] = failed
+        payload["dense_models"] = dense_models_per_seed(results)
         (args.output / f"{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")
         seconds = sum(r["timings_s"]["total"] for r in results)
-        text = markdown(args.grid, grid, rows, command, len(results), seconds) + _failures_text(failed)
+        text = markdown(args.grid, grid, rows, command, len(results), seconds)
+        text += _dense_models_text(payload["dense_models"]) + _failures_text(failed)
         (args.output / f"{args.grid}.md").write_text(text)
     if results or failed:
         print((args.output / f"{args.grid}.md").read_text())

@@ -653,3 +653,44 @@ def test_the_ten_group_block_reports_the_cells_its_selection_replaced(tmp_path, 
     for c in runner.cells(runner.GRIDS["utk_race_12ep"], tmp_path, [0]):
         write(c, 0.5, 0.5, 0.1)
     assert readme_results._before_selection("utk_race_12ep", tmp_path / "runs") == []
+
+
+def test_cells_of_one_seed_on_different_dense_models_are_named_and_not_timed_against_each_other():
+    """A seed's dense model retrained on another machine differs: the page says which cells started from which
+    model, and a method's epoch time is compared only with NFT cells of the same seed and dense model."""
+    runner = load_runner()
+
+    def cell(method, seed, dense, seconds):
+        report = cc.DisparityReport(
+            ["a", "b"], [dense, dense], [dense - 0.01, dense - 0.02], [50, 50], dense, dense - 0.015
+        )
+        config = {"sparsity": 0.9, "method": method, "seed": seed, "tolerance": 0.01}
+        log = [{"seconds": seconds, "mitigation": True}]
+        return {"config": config, "reports": {"train": report.to_dict(), "test": report.to_dict()}, "log": log}
+
+    same = [
+        cell("nft", 0, 0.8, 10.0),
+        cell("ceag", 0, 0.8, 12.0),
+        cell("nft", 1, 0.7, 20.0),
+        cell("ceag", 1, 0.7, 24.0),
+    ]
+    assert runner.dense_models_per_seed(same) == {}
+    assert runner._dense_models_text({}) == ""
+    assert {r["method"]: r["epoch_time_vs_nft"] for r in runner.aggregate(same)} == pytest.approx(
+        {"nft": 1.0, "ceag": 36 / 30}
+    )
+    # Seed 1's CEAG cell ran on another machine (another dense model, a faster CPU): its time is left out.
+    mixed = [*same[:3], cell("ceag", 1, 0.75, 6.0)]
+    per_seed = runner.dense_models_per_seed(mixed)
+    assert list(per_seed) == [1]
+    assert [(m["test_dense_accuracy"], m["cells"]) for m in per_seed[1]] == [(0.7, ["90% nft"]), (0.75, ["90% ceag"])]
+    assert {r["method"]: r["epoch_time_vs_nft"] for r in runner.aggregate(mixed)} == pytest.approx(
+        {"nft": 1.0, "ceag": 12 / 10}
+    )
+    text = runner._dense_models_text(per_seed)
+    assert "- seed 1: test dense acc 70.00 (90% nft); test dense acc 75.00 (90% ceag)" in text
+    # No NFT cell on the same dense model at all: no ratio rather than one across machines.
+    assert (
+        "epoch_time_vs_nft"
+        not in {r["method"]: r for r in runner.aggregate([same[0], cell("ceag", 0, 0.75, 6.0)])}["ceag"]
+    )

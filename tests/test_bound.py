@@ -11,7 +11,7 @@ import torch
 from tiny_experiment import TINY
 
 import ceag_cooper as cc
-from ceag_cooper.experiments import ExperimentConfig, load_task, primal_lr, run_experiment
+from ceag_cooper.experiments import ExperimentConfig, load_task, machine, primal_lr, run_experiment
 from ceag_cooper.problems.base import GroupFairnessProblem
 from ceag_cooper.selection import IterateSelector, select_iterate
 
@@ -269,6 +269,7 @@ def test_the_returned_model_is_the_selected_iterate(tmp_path):
     saved = json.loads((tmp_path / "results" / f"{config.run_name()}.json").read_text())
     assert saved["final_iterate"] == result["final_iterate"]
     assert "code" in saved["versions"]
+    assert saved["versions"]["machine"] == machine()  # training is reproducible per machine, not across them
     nft = run_experiment(ExperimentConfig.from_dict({**config.__dict__, "method": "nft"}), progress=False)
     assert nft["final_iterate"] == "last"  # unconstrained methods are never selected
 

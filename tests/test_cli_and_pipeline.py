@@ -425,3 +425,22 @@ def test_channel_pruning_runs_through_the_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["prune", *flags, "--pruning", "heads", "--output-dir", str(tmp_path)]) == 2
     assert "`pruning` must be one of" in capsys.readouterr().err
+
+
+def test_the_machine_record_names_the_cpu_model_and_its_widest_vector_instructions(monkeypatch):
+    """Results say which CPU computed them: the model name and the widest of AMX / AVX-512 / AVX2 / AVX it has."""
+    from pathlib import Path
+
+    from ceag_cooper.experiments import provenance
+
+    real_read_text = Path.read_text
+    cpuinfo = "processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\nflags\t\t: fpu sse2 avx avx2 avx512f\n"
+
+    def fake_read_text(self, *args, **kwargs):
+        return cpuinfo if str(self) == "/proc/cpuinfo" else real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", fake_read_text)
+    monkeypatch.setattr(provenance.os, "cpu_count", lambda: 2)
+    assert provenance.machine.__wrapped__() == "Some CPU @ 2.0GHz, avx512f, 2 cores"
+    cpuinfo = "model name\t: Old CPU\nflags\t\t: fpu sse2\n"  # no vector extension named: none reported
+    assert provenance.machine.__wrapped__() == "Old CPU, 2 cores"

@@ -1,12 +1,14 @@
-"""Where a result comes from: the code version, and paths that mean the same on every machine."""
+"""Where a result comes from: the code version, the machine, and paths that mean the same on every machine."""
 
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["code_version", "portable_path"]
+__all__ = ["code_version", "machine", "portable_path"]
 
 _ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the package
 
@@ -36,3 +38,30 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}+dirty" if dirty else commit
+
+
+_VECTOR_ISAS = ("amx_tile", "avx512f", "avx2", "avx")  # widest first, as /proc/cpuinfo names them
+
+
+@functools.cache
+def machine() -> str:
+    """The CPU a result was computed on: model name, widest vector instruction set and core count.
+
+    Recorded because training is reproducible on one machine but not across them: the same dense
+    settings, code, data and torch version have given a different dense model on another machine
+    (most likely its floating-point kernels, which torch picks by instruction set).
+
+    Example:
+        >>> from ceag_cooper.experiments import machine
+        >>> isinstance(machine(), str) and machine() != ""
+        True
+    """
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return f"{platform.processor() or platform.machine() or 'unknown'} ({os.cpu_count()} cores)"
+    fields = [line.split(":", 1) for line in lines if ":" in line]
+    name = next((value.strip() for key, value in fields if key.strip() == "model name"), platform.machine())
+    flags = set(next((value.split() for key, value in fields if key.strip() == "flags"), []))
+    isa = next((f", {isa}" for isa in _VECTOR_ISAS if isa in flags), "")
+    return f"{name or 'unknown'}{isa}, {os.cpu_count()} cores"

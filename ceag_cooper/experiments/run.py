@@ -17,7 +17,7 @@ from ceag_cooper._atomic import atomic_write
 from ceag_cooper.experiments.config import ExperimentConfig
 from ceag_cooper.experiments.dense import train_dense
 from ceag_cooper.experiments.finetuning import finetune
-from ceag_cooper.experiments.provenance import code_version, portable_path
+from ceag_cooper.experiments.provenance import code_version, machine, portable_path
 from ceag_cooper.experiments.tasks import Task, data_fingerprint, load_task
 from ceag_cooper.metrics import DisparityReport, evaluate_groups
 
@@ -70,6 +70,7 @@ def run_experiment(
             "cooper": cooper.__version__,
             "python": platform.python_version(),
             "code": code_version(),
+            "machine": machine(),
         },
         "final_iterate": log[-1].get("final_iterate", "last") if log else "last",
         "data_fingerprint": data_fingerprint(task),
