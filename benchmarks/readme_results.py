@@ -253,12 +253,34 @@ def bound_section(results: Path = RESULTS) -> list[str]:
         row = _last_iterate_row(payload, sparsity, "ceag")
         if row is not None:
             lines.append(row)
+    lines += _dense_models_lines(payload)
     targets = _bound_targets(payload) or [
         "- not checked yet: the accuracy targets need NFT's cells at the same sparsity (the grid runs CEAG on every "
         "seed first)"
     ]
     lines += ["", "Issue #13's targets for the CEAG row:", "", *targets]
     return lines + _ten_group_lines(results)
+
+
+def _dense_models_lines(payload: dict[str, Any]) -> list[str]:
+    """Which cells of a seed started from another dense model than the others (run_grid's ``dense_models``)."""
+    per_seed = payload.get("dense_models") or {}  # absent from pages aggregated before it was recorded
+    parts = []
+    for seed, models in per_seed.items():
+        each = [
+            f"{', '.join(NAMES[method] + f' {100 * sparsity:g}%' for sparsity, method in m['cells'])} from one with "
+            f"test accuracy {100 * m['test_dense_accuracy']:.2f}"
+            for m in models
+        ]
+        parts.append(f"Seed {seed}: " + "; ".join(each))
+    if not parts:
+        return []
+    return [
+        "",
+        "Not every seed's cells started from one dense model: the same dense settings, code, data and torch "
+        "trained on another machine gave another model (ψ is measured against each cell's own; accuracies "
+        "differ by the two models' difference too). " + ". ".join(parts) + ".",
+    ]
 
 
 TEN_GROUP_GRID = "utk_race_by_race_gender_12ep"

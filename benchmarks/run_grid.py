@@ -364,16 +364,18 @@ def _seed_and_dense(result: dict[str, Any]) -> tuple[int, float, float]:
 def dense_models_per_seed(results: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """The seeds whose cells ran on more than one dense model -> each model's dense accuracies and cells.
 
+    A cell is its ``(sparsity, method)``.
+
     A seed's dense model is trained once per machine, and the same settings, code, data and torch
     version have given another model on another machine (utk_race_12ep, seed 0; most likely the CPU's
     floating-point kernels): cells run there start from another point. Models are in the order of
     their first cell.
     """
-    by_seed: dict[int, dict[tuple[float, float], list[str]]] = {}
+    by_seed: dict[int, dict[tuple[float, float], list[tuple[float, str]]]] = {}
     for result in results:
         seed, train, test = _seed_and_dense(result)
-        label = f"{100 * result['config']['sparsity']:.0f}% {result['config']['method']}"
-        by_seed.setdefault(seed, {}).setdefault((train, test), []).append(label)
+        cell = (result["config"]["sparsity"], result["config"]["method"])
+        by_seed.setdefault(seed, {}).setdefault((train, test), []).append(cell)
     return {
         seed: [{"train_dense_accuracy": k[0], "test_dense_accuracy": k[1], "cells": v} for k, v in models.items()]
         for seed, models in sorted(by_seed.items())
@@ -395,7 +397,10 @@ def _dense_models_text(per_seed: dict[int, list[dict[str, Any]]]) -> str:
         "",
     ]
     for seed, models in per_seed.items():
-        parts = [f"test dense acc {100 * m['test_dense_accuracy']:.2f} ({', '.join(m['cells'])})" for m in models]
+        parts = []
+        for model in models:
+            cells_text = ", ".join(f"{100 * sparsity:.0f}% {method}" for sparsity, method in model["cells"])
+            parts.append(f"test dense acc {100 * model['test_dense_accuracy']:.2f} ({cells_text})")
         lines.append(f"- seed {seed}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 

@@ -683,7 +683,10 @@ def test_cells_of_one_seed_on_different_dense_models_are_named_and_not_timed_aga
     mixed = [*same[:3], cell("ceag", 1, 0.75, 6.0)]
     per_seed = runner.dense_models_per_seed(mixed)
     assert list(per_seed) == [1]
-    assert [(m["test_dense_accuracy"], m["cells"]) for m in per_seed[1]] == [(0.7, ["90% nft"]), (0.75, ["90% ceag"])]
+    assert [(m["test_dense_accuracy"], m["cells"]) for m in per_seed[1]] == [
+        (0.7, [(0.9, "nft")]),
+        (0.75, [(0.9, "ceag")]),
+    ]
     assert {r["method"]: r["epoch_time_vs_nft"] for r in runner.aggregate(mixed)} == pytest.approx(
         {"nft": 1.0, "ceag": 12 / 10}
     )
@@ -693,4 +696,19 @@ def test_cells_of_one_seed_on_different_dense_models_are_named_and_not_timed_aga
     assert (
         "epoch_time_vs_nft"
         not in {r["method"]: r for r in runner.aggregate([same[0], cell("ceag", 0, 0.75, 6.0)])}["ceag"]
+    )
+
+
+def test_the_readme_says_which_cells_of_a_seed_started_from_another_dense_model():
+    readme_results = load_module("readme_results")
+    assert readme_results._dense_models_lines({"rows": []}) == []  # a page aggregated before the record
+    assert readme_results._dense_models_lines({"dense_models": {}}) == []
+    models = [
+        {"train_dense_accuracy": 0.9, "test_dense_accuracy": 0.8192, "cells": [[0.9, "nft"], [0.95, "ceag"]]},
+        {"train_dense_accuracy": 0.89, "test_dense_accuracy": 0.8154, "cells": [[0.9, "nft_es"]]},
+    ]
+    [blank, line] = readme_results._dense_models_lines({"dense_models": {"0": models}})  # JSON keys are strings
+    assert blank == ""
+    assert line.endswith(
+        "Seed 0: NFT 90%, CEAG 95% from one with test accuracy 81.92; NFT+ES 90% from one with test accuracy 81.54."
     )
