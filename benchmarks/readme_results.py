@@ -277,9 +277,9 @@ def _dense_models_lines(payload: dict[str, Any]) -> list[str]:
         return []
     return [
         "",
-        "Not every seed's cells started from one dense model: the same dense settings, code, data and torch "
-        "trained on another machine gave another model (ψ is measured against each cell's own; accuracies "
-        "differ by the two models' difference too). " + ". ".join(parts) + ".",
+        "Not every seed's cells started from one dense model (their dense accuracies differ; benchmarks/README.md "
+        "says when that happens): ψ is measured against each cell's own, and accuracies differ by the dense "
+        "models' differences too. " + ". ".join(parts) + ".",
     ]
 
 

@@ -26,7 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, also when loaded from a file (tests)
+if str(Path(__file__).resolve().parent) not in sys.path:  # its siblings, also when loaded from a file (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _protocols import page_stem, selection_of
 
@@ -314,6 +315,9 @@ def _step_seconds(result: dict[str, Any]) -> float:
 def aggregate(results: list[dict[str, Any]], judged_min_count: int = 0) -> list[dict[str, Any]]:
     """One row per (sparsity, method): mean ± std over seeds, feasibility rate, time vs NFT.
 
+    The epoch time is relative to NFT's cells of the same seeds and dense models only (``epoch_time_seeds``
+    says which seeds): a cell that started from another dense model ran on another machine.
+
     With ``judged_min_count`` (a many-groups grid's ``"judged_min_count"``) a row also has the max ψ
     over the groups with at least that many samples in each split, per seed, and how many seeds met ε
     on train over them (issue #15's target: a group of 20 cannot resolve a 2-point tolerance).
@@ -351,6 +355,7 @@ def aggregate(results: list[dict[str, Any]], judged_min_count: int = 0) -> list[
             row["epoch_time_vs_nft"] = statistics.mean(map(_step_seconds, timed)) / statistics.mean(
                 map(_step_seconds, nft_timed)
             )
+            row["epoch_time_seeds"] = sorted({seed for seed, _, _ in shared})
         rows.append(row)
     return rows
 
@@ -364,20 +369,28 @@ def _seed_and_dense(result: dict[str, Any]) -> tuple[int, float, float]:
 def dense_models_per_seed(results: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """The seeds whose cells ran on more than one dense model -> each model's dense accuracies and cells.
 
-    A cell is its ``(sparsity, method)``.
-
-    A seed's dense model is trained once per machine, and the same settings, code, data and torch
-    version have given another model on another machine (utk_race_12ep, seed 0; most likely the CPU's
-    floating-point kernels): cells run there start from another point. Models are in the order of
-    their first cell.
+    A cell is its ``(sparsity, method)``; a model also lists the dense checkpoints its cells name (file
+    stems: the dense key) and the machines they record (``versions.machine``, where recorded). Models
+    are in the order of their first cell. A dense model is trained once per ``runs/<grid>/dense``
+    folder (not committed), so cells run on another machine train it anew: see benchmarks/README.md.
     """
-    by_seed: dict[int, dict[tuple[float, float], list[tuple[float, str]]]] = {}
+    by_seed: dict[int, dict[tuple[float, float], list[dict[str, Any]]]] = {}
     for result in results:
         seed, train, test = _seed_and_dense(result)
-        cell = (result["config"]["sparsity"], result["config"]["method"])
-        by_seed.setdefault(seed, {}).setdefault((train, test), []).append(cell)
+        by_seed.setdefault(seed, {}).setdefault((train, test), []).append(result)
     return {
-        seed: [{"train_dense_accuracy": k[0], "test_dense_accuracy": k[1], "cells": v} for k, v in models.items()]
+        seed: [
+            {
+                "train_dense_accuracy": train,
+                "test_dense_accuracy": test,
+                "cells": [(r["config"]["sparsity"], r["config"]["method"]) for r in cells],
+                "dense_checkpoints": sorted(
+                    {Path(r["dense_checkpoint"]).stem for r in cells if "dense_checkpoint" in r}
+                ),
+                "machines": sorted({r["versions"]["machine"] for r in cells if "machine" in r.get("versions", {})}),
+            }
+            for (train, test), cells in models.items()
+        ]
         for seed, models in sorted(by_seed.items())
         if len(models) > 1
     }
@@ -389,18 +402,18 @@ def _dense_models_text(per_seed: dict[int, list[dict[str, Any]]]) -> str:
         return ""
     lines = [
         "",
-        "Seeds whose cells started from different dense models, told apart by their dense accuracy: the same "
-        "dense settings trained on another machine (a retrain on one machine has reproduced its model). Each "
-        "cell's ψ is measured against its own "
-        "dense model; accuracies across these cells differ by the dense models' difference too, and their "
-        "epoch times are not compared:",
+        "Seeds whose cells started from different dense models (their dense accuracies differ; "
+        "benchmarks/README.md says when that happens). Each cell's ψ is measured against its own dense model; "
+        "accuracies across these cells differ by the dense models' differences too, and their epoch times are "
+        "not compared:",
         "",
     ]
     for seed, models in per_seed.items():
         parts = []
         for model in models:
             cells_text = ", ".join(f"{100 * sparsity:.0f}% {method}" for sparsity, method in model["cells"])
-            parts.append(f"test dense acc {100 * model['test_dense_accuracy']:.2f} ({cells_text})")
+            checkpoints = ", ".join(model.get("dense_checkpoints", [])) or "checkpoint not recorded"
+            parts.append(f"test dense acc {100 * model['test_dense_accuracy']:.2f} ({cells_text}; {checkpoints})")
         lines.append(f"- seed {seed}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
@@ -569,14 +582,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         (failed if "failed" in result else results).append(result)
         args.output.mkdir(parents=True, exist_ok=True)
         rows = aggregate(results, grid.get("judged_min_count", 0))
-        kept = ("run", "config", "sparsity", "reports", "log", "timings_s")
+        kept = ("run", "config", "versions", "sparsity", "reports", "log", "timings_s")
         payload = {
             "grid": args.grid,
             "command": command,
             "settings": {**asdict(configs[0]), "output_dir": portable_path(configs[0].output_dir)},
             "rows": rows,
         }
-        payload["cells"] = [_compact_reports({k: r[k] for k in kept}) for r in results]
+        payload["cells"] = [_compact_reports({k: r[k] for k in kept if k in r}) for r in results]
         payload["failed"] = failed
         payload["dense_models"] = dense_models_per_seed(results)
         (args.output / f"{args.grid}.json").write_text(json.dumps(payload, indent=1) + "\n")

@@ -5,12 +5,12 @@ dense model and the fine-tuning see a group-stratified 80% of the training split
 part: the data the constraints are estimated on) and the other 20% is scored as if it were the
 test split. NFT runs on the same splits with the same schedule.
 
-Rule, fixed before any run (``RULE``): a candidate is *accurate enough* when its mean validation
+Rule, fixed before any run (``_protocols.RULE``): a candidate is *accurate enough* when its mean validation
 accuracy over the seeds is within ``--accuracy-slack`` (1 point) of NFT's. Order the candidates
 by (accurate enough first, then the most seeds whose final model has max ψ ≤ ε on the fitted part
 in eval mode, then the smallest mean validation max ψ) and take the first. ε is the requirement
 (1 point), not a knob. A selection may break that last tie by the smallest mean fitted max ψ
-instead (``SLACK_RULE``: the 10-group grid's rounds 3-4, where the target judges the training data).
+instead (``_protocols.SLACK_RULE``: the 10-group grid's rounds 3-4, where the target judges the training data).
 
     python benchmarks/select_protocol.py --grid utk_race_12ep               # ~35 min on 2 cores
     python benchmarks/select_protocol.py --grid quick --output /tmp/s --seeds 0   # seconds (tests)
@@ -48,7 +48,7 @@ def summarize(
     return row
 
 
-TIE_BREAKS = {"validation_max_psi": "RULE", "fit_max_psi": "SLACK_RULE"}
+TIE_BREAKS = {"validation_max_psi": "RULE", "fit_max_psi": "SLACK_RULE"}  # rules of _protocols.py
 """The scores the rule's last step may minimize, and the rule that minimizes each."""
 
 
@@ -63,7 +63,7 @@ def _checked_tie_break(tie_break: str) -> str:
 def choose(
     rows: list[dict[str, Any]], nft_accuracy: float, slack: float, *, tie_break: str = "validation_max_psi"
 ) -> dict[str, Any]:
-    """The documented rule (``RULE``; ``SLACK_RULE`` with ``tie_break="fit_max_psi"``)."""
+    """The documented rule (``_protocols.RULE``; ``_protocols.SLACK_RULE`` with ``tie_break="fit_max_psi"``)."""
     _checked_tie_break(tie_break)
     return min(
         rows,

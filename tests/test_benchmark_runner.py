@@ -660,43 +660,52 @@ def test_cells_of_one_seed_on_different_dense_models_are_named_and_not_timed_aga
     model, and a method's epoch time is compared only with NFT cells of the same seed and dense model."""
     runner = load_runner()
 
-    def cell(method, seed, dense, seconds):
-        report = cc.DisparityReport(
-            ["a", "b"], [dense, dense], [dense - 0.01, dense - 0.02], [50, 50], dense, dense - 0.015
-        )
+    def cell(method, seed, train_dense, test_dense, seconds, key, machine=None):
+        def report(dense):
+            return cc.DisparityReport(
+                ["a", "b"], [dense] * 2, [dense - 0.01, dense - 0.02], [50, 50], dense, dense - 0.015
+            )
+
         config = {"sparsity": 0.9, "method": method, "seed": seed, "tolerance": 0.01}
-        log = [{"seconds": seconds, "mitigation": True}]
-        return {"config": config, "reports": {"train": report.to_dict(), "test": report.to_dict()}, "log": log}
+        return {
+            "config": config,
+            "reports": {"train": report(train_dense).to_dict(), "test": report(test_dense).to_dict()},
+            "log": [{"seconds": seconds, "mitigation": True}],
+            "dense_checkpoint": f"benchmarks/runs/g/dense/mlp-seed{seed}-{key}.pt",
+            "versions": {"code": "abc"} | ({"machine": machine} if machine else {}),
+        }
 
     same = [
-        cell("nft", 0, 0.8, 10.0),
-        cell("ceag", 0, 0.8, 12.0),
-        cell("nft", 1, 0.7, 20.0),
-        cell("ceag", 1, 0.7, 24.0),
+        cell("nft", 0, 0.9, 0.8, 10.0, "k0"),
+        cell("ceag", 0, 0.9, 0.8, 12.0, "k0"),
+        cell("nft", 1, 0.85, 0.7, 20.0, "k1"),
+        cell("ceag", 1, 0.85, 0.7, 24.0, "k1"),
     ]
     assert runner.dense_models_per_seed(same) == {}
     assert runner._dense_models_text({}) == ""
-    assert {r["method"]: r["epoch_time_vs_nft"] for r in runner.aggregate(same)} == pytest.approx(
-        {"nft": 1.0, "ceag": 36 / 30}
-    )
-    # Seed 1's CEAG cell ran on another machine (another dense model, a faster CPU): its time is left out.
-    mixed = [*same[:3], cell("ceag", 1, 0.75, 6.0)]
+    rows = {r["method"]: r for r in runner.aggregate(same)}
+    assert rows["ceag"]["epoch_time_vs_nft"] == pytest.approx(36 / 30)  # (12 + 24) / (10 + 20)
+    assert rows["ceag"]["epoch_time_seeds"] == [0, 1]
+    # Seed 1's CEAG cell ran on another machine: another dense model (same test accuracy, another train
+    # accuracy), a faster CPU. Its time is left out, and the page names both models.
+    mixed = [*same[:3], cell("ceag", 1, 0.86, 0.7, 6.0, "k1", machine="CPU B")]
     per_seed = runner.dense_models_per_seed(mixed)
     assert list(per_seed) == [1]
-    assert [(m["test_dense_accuracy"], m["cells"]) for m in per_seed[1]] == [
-        (0.7, [(0.9, "nft")]),
-        (0.75, [(0.9, "ceag")]),
+    assert [(m["train_dense_accuracy"], m["cells"], m["machines"]) for m in per_seed[1]] == [
+        (0.85, [(0.9, "nft")], []),
+        (0.86, [(0.9, "ceag")], ["CPU B"]),
     ]
-    assert {r["method"]: r["epoch_time_vs_nft"] for r in runner.aggregate(mixed)} == pytest.approx(
-        {"nft": 1.0, "ceag": 12 / 10}
-    )
+    assert per_seed[1][1]["dense_checkpoints"] == ["mlp-seed1-k1"]
+    rows = {r["method"]: r for r in runner.aggregate(mixed)}
+    assert rows["ceag"]["epoch_time_vs_nft"] == pytest.approx(12 / 10)
+    assert rows["ceag"]["epoch_time_seeds"] == [0]
     text = runner._dense_models_text(per_seed)
-    assert "- seed 1: test dense acc 70.00 (90% nft); test dense acc 75.00 (90% ceag)" in text
-    # No NFT cell on the same dense model at all: no ratio rather than one across machines.
     assert (
-        "epoch_time_vs_nft"
-        not in {r["method"]: r for r in runner.aggregate([same[0], cell("ceag", 0, 0.75, 6.0)])}["ceag"]
+        "- seed 1: test dense acc 70.00 (90% nft; mlp-seed1-k1); test dense acc 70.00 (90% ceag; mlp-seed1-k1)" in text
     )
+    # No NFT cell on the same dense model at all: no ratio rather than one across machines.
+    alone = runner.aggregate([same[0], cell("ceag", 0, 0.91, 0.8, 6.0, "k0")])
+    assert "epoch_time_vs_nft" not in {r["method"]: r for r in alone}["ceag"]
 
 
 def test_the_readme_says_which_cells_of_a_seed_started_from_another_dense_model():

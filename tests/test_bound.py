@@ -269,7 +269,7 @@ def test_the_returned_model_is_the_selected_iterate(tmp_path):
     saved = json.loads((tmp_path / "results" / f"{config.run_name()}.json").read_text())
     assert saved["final_iterate"] == result["final_iterate"]
     assert "code" in saved["versions"]
-    assert saved["versions"]["machine"] == machine()  # training is reproducible per machine, not across them
+    assert saved["versions"]["machine"] == machine()  # saved with the result: reproducible per machine only
     nft = run_experiment(ExperimentConfig.from_dict({**config.__dict__, "method": "nft"}), progress=False)
     assert nft["final_iterate"] == "last"  # unconstrained methods are never selected
 

@@ -427,20 +427,29 @@ def test_channel_pruning_runs_through_the_cli(tmp_path, capsys):
     assert "`pruning` must be one of" in capsys.readouterr().err
 
 
-def test_the_machine_record_names_the_cpu_model_and_its_widest_vector_instructions(monkeypatch):
-    """Results say which CPU computed them: the model name and the widest of AMX / AVX-512 / AVX2 / AVX it has."""
+def test_the_machine_record_names_the_cpu_and_the_kernels_torch_picked(monkeypatch):
+    """Results say which CPU computed them: model name, family/model numbers, torch's CPU capability, usable cores."""
     from pathlib import Path
+
+    import torch
 
     from ceag_cooper.experiments import provenance
 
     real_read_text = Path.read_text
-    cpuinfo = "processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\nflags\t\t: fpu sse2 avx avx2 avx512f\n"
+    cpuinfo = "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Some CPU @ 2.0GHz\nprocessor\t: 1\n"
 
     def fake_read_text(self, *args, **kwargs):
-        return cpuinfo if str(self) == "/proc/cpuinfo" else real_read_text(self, *args, **kwargs)
+        if str(self) != "/proc/cpuinfo":
+            return real_read_text(self, *args, **kwargs)
+        if cpuinfo is None:
+            raise FileNotFoundError(self)
+        return cpuinfo
 
     monkeypatch.setattr(Path, "read_text", fake_read_text)
-    monkeypatch.setattr(provenance.os, "cpu_count", lambda: 2)
-    assert provenance.machine.__wrapped__() == "Some CPU @ 2.0GHz, avx512f, 2 cores"
-    cpuinfo = "model name\t: Old CPU\nflags\t\t: fpu sse2\n"  # no vector extension named: none reported
-    assert provenance.machine.__wrapped__() == "Old CPU, 2 cores"
+    monkeypatch.setattr(provenance.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert provenance.machine.__wrapped__() == "Some CPU @ 2.0GHz (family 6, model 85), torch kernels AVX2, 3 cores"
+    cpuinfo = None  # no /proc/cpuinfo (not Linux): the platform's name, never an empty one
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "")
+    monkeypatch.setattr(provenance.platform, "machine", lambda: "arm64")
+    assert provenance.machine.__wrapped__() == "arm64, torch kernels AVX2, 3 cores"

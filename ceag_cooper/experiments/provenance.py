@@ -8,6 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+import torch
+
 __all__ = ["code_version", "machine", "portable_path"]
 
 _ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the package
@@ -40,28 +42,31 @@ def code_version() -> str:
     return f"{commit}+dirty" if dirty else commit
 
 
-_VECTOR_ISAS = ("amx_tile", "avx512f", "avx2", "avx")  # widest first, as /proc/cpuinfo names them
-
-
 @functools.cache
 def machine() -> str:
-    """The CPU a result was computed on: model name, widest vector instruction set and core count.
+    """The CPU a result was computed on: model name, family and model numbers, the kernels torch picked, cores.
 
     Recorded because training is reproducible on one machine but not across them: the same dense
     settings, code, data and torch version have given a different dense model on another machine
-    (most likely its floating-point kernels, which torch picks by instruction set).
+    (most likely its floating-point kernels, which torch picks by instruction set: the
+    ``torch.backends.cpu.get_cpu_capability()`` named here).
 
     Example:
         >>> from ceag_cooper.experiments import machine
-        >>> isinstance(machine(), str) and machine() != ""
+        >>> "torch kernels" in machine() and machine().endswith("cores")
         True
     """
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:  # not Linux
-        return f"{platform.processor() or platform.machine() or 'unknown'} ({os.cpu_count()} cores)"
-    fields = [line.split(":", 1) for line in lines if ":" in line]
-    name = next((value.strip() for key, value in fields if key.strip() == "model name"), platform.machine())
-    flags = set(next((value.split() for key, value in fields if key.strip() == "flags"), []))
-    isa = next((f", {isa}" for isa in _VECTOR_ISAS if isa in flags), "")
-    return f"{name or 'unknown'}{isa}, {os.cpu_count()} cores"
+        lines = []
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cores = len(usable) if usable else os.cpu_count()
+    return f"{name}, torch kernels {torch.backends.cpu.get_cpu_capability()}, {cores or 'unknown'} cores"
