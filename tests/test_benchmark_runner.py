@@ -721,3 +721,20 @@ def test_the_readme_says_which_cells_of_a_seed_started_from_another_dense_model(
     assert line.endswith(
         "Seed 0: NFT 90%, CEAG 95% from one with test accuracy 81.92; NFT+ES 90% from one with test accuracy 81.54."
     )
+
+
+def test_the_accuracy_target_compares_ceag_with_nft_only_on_seeds_of_one_dense_model():
+    readme_results = load_module("readme_results")
+    one = [{"test_dense_accuracy": 0.8, "cells": [[0.9, "nft"], [0.9, "ceag"]]}, {"cells": [[0.9, "nft_es"]]}]
+    split = [{"test_dense_accuracy": 0.8, "cells": [[0.9, "nft"]]}, {"cells": [[0.9, "ceag"], [0.95, "nft"]]}]
+    payload = {"dense_models": {"0": one, "1": split}}
+    assert readme_results._one_dense(payload, 0, 0.9)  # the baselines' other model does not matter
+    assert not readme_results._one_dense(payload, 1, 0.9)
+    assert readme_results._one_dense(payload, 1, 0.95)  # only NFT at 95%
+    assert readme_results._one_dense({"rows": []}, 0, 0.9)  # pages aggregated before the record
+    rows = [
+        {"sparsity": 0.9, "method": m, "seeds": [0, 1], "test acc": acc, "test max ψ": [0.01, 0.01], "feasible": 1.0}
+        for m, acc in (("nft", [0.80, 0.90]), ("ceag", [0.79, 0.70]))
+    ]
+    [line] = readme_results._bound_targets({**payload, "rows": rows})
+    assert "test accuracy 1.00 points below NFT's on the 1 seed(s) NFT has run from the same dense model" in line
