@@ -48,6 +48,7 @@ import torch
 
 import ceag_cooper
 from ceag_cooper import GroupMetrics
+from ceag_cooper.experiments import machine
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
@@ -223,17 +224,6 @@ def roll_fn(
 
 
 # --------------------------------------------------------------------------- machine info
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages (``None`` where the OS has none)."""
     try:
@@ -304,7 +294,7 @@ def machine_info(script: str | Path, args: Sequence[str], **extra: Any) -> dict[
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "os_cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
+        "cpu_model": machine(),  # the experiments' record: CPU family/model and torch's kernels too
         "platform": platform.platform(),
         "load_average_start": load_average(),
         **extra,

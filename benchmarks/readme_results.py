@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import readme_performance
-from run_grid import GRIDS, cells, mean_std
+from run_grid import GRIDS, cells, dense_model_parts, mean_std
 
 from ceag_cooper.experiments import METHODS
 from ceag_cooper.metrics import DisparityReport
@@ -275,21 +275,18 @@ def bound_section(results: Path = RESULTS) -> list[str]:
 def _dense_models_lines(payload: dict[str, Any]) -> list[str]:
     """Which cells of a seed started from another dense model than the others (run_grid's ``dense_models``)."""
     per_seed = payload.get("dense_models") or {}  # absent from pages aggregated before it was recorded
-    parts = []
-    for seed, models in per_seed.items():
-        each = [
-            f"{', '.join(NAMES[method] + f' {100 * sparsity:g}%' for sparsity, method in m['cells'])} from one with "
-            f"test accuracy {100 * m['test_dense_accuracy']:.2f}"
-            for m in models
-        ]
-        parts.append(f"Seed {seed}: " + "; ".join(each))
+    parts = [
+        f"Seed {seed}: " + "; ".join(dense_model_parts(models, names=NAMES, detail=False))
+        for seed, models in per_seed.items()
+    ]
     if not parts:
         return []
     return [
         "",
-        "Not every seed's cells started from one dense model (their dense accuracies differ; benchmarks/README.md "
-        "says when that happens): ψ is measured against each cell's own, and accuracies differ by the dense "
-        "models' differences too. " + ". ".join(parts) + ".",
+        "Not every seed's cells started from one dense model (benchmarks/README.md says when that happens): ψ is "
+        "measured against each cell's own, and accuracies differ by the dense models' differences too. "
+        + ". ".join(parts)
+        + ".",
     ]
 
 

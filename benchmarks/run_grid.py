@@ -323,6 +323,7 @@ def aggregate(results: list[dict[str, Any]], judged_min_count: int = 0) -> list[
     on train over them (issue #15's target: a group of 20 cannot resolve a 2-point tolerance).
     """
     rows = []
+    dense = {id(r): key for r, key in zip(results, dense_model_keys(results), strict=True)}
     keys = sorted({(r["config"]["sparsity"], r["config"]["method"]) for r in results},
                   key=lambda k: (k[0], METHODS.index(k[1])))  # fmt: skip
     for sparsity, method in keys:
@@ -349,51 +350,98 @@ def aggregate(results: list[dict[str, Any]], judged_min_count: int = 0) -> list[
         if tracked:  # constrained methods: which groups were violated at every check, over how many seeds
             row["never_feasible"] = {"seeds": len(tracked), "groups": never_feasible_counts(tracked)}
         # Times only against NFT cells of the same seed and dense model: another dense model means another machine.
-        shared = {_seed_and_dense(r) for r in group} & {_seed_and_dense(r) for r in nft}
+        shared = {dense[id(r)] for r in group} & {dense[id(r)] for r in nft}
         if shared:
-            timed, nft_timed = ([r for r in rows_of if _seed_and_dense(r) in shared] for rows_of in (group, nft))
+            timed, nft_timed = ([r for r in rows_of if dense[id(r)] in shared] for rows_of in (group, nft))
             row["epoch_time_vs_nft"] = statistics.mean(map(_step_seconds, timed)) / statistics.mean(
                 map(_step_seconds, nft_timed)
             )
-            row["epoch_time_seeds"] = sorted({seed for seed, _, _ in shared})
+            row["epoch_time_seeds"] = sorted({seed for seed, _ in shared})
         rows.append(row)
     return rows
 
 
-def _seed_and_dense(result: dict[str, Any]) -> tuple[int, float, float]:
-    """A cell's seed and its dense model, told apart by the dense model's train and test accuracy."""
+def _dense_accuracies(result: dict[str, Any]) -> tuple[float, float]:
+    """A cell's dense model's train and test accuracy (what tells dense models apart in cells without a digest)."""
     train, test = (result["reports"][split]["overall"]["dense_accuracy"] for split in ("train", "test"))
-    return result["config"]["seed"], train, test
+    return train, test
+
+
+def dense_model_keys(results: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """Each cell's ``(seed, dense model)``, in the order of ``results``.
+
+    The dense model is the cell's ``dense_weights`` digest (``weights_digest`` of the model it started
+    from, recorded from its introduction on). Cells from before then are told apart by their dense train
+    and test accuracy: such a cell joins the digest of the recorded cells with its seed and accuracies when
+    there is exactly one, else it is its own model named by those accuracies.
+    """
+    digests: dict[tuple[int, tuple[float, float]], set[str]] = {}
+    for result in results:
+        if "dense_weights" in result:
+            key = (result["config"]["seed"], _dense_accuracies(result))
+            digests.setdefault(key, set()).add(result["dense_weights"])
+    keys = []
+    for result in results:
+        seed, accuracies = result["config"]["seed"], _dense_accuracies(result)
+        known = digests.get((seed, accuracies), set())
+        if "dense_weights" in result:
+            keys.append((seed, result["dense_weights"]))
+        elif len(known) == 1:
+            keys.append((seed, next(iter(known))))
+        else:
+            keys.append((seed, f"dense train/test accuracy {accuracies[0]!r}/{accuracies[1]!r}"))
+    return keys
 
 
 def dense_models_per_seed(results: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """The seeds whose cells ran on more than one dense model -> each model's dense accuracies and cells.
 
-    A cell is its ``(sparsity, method)``; a model also lists the dense checkpoints its cells name (file
-    stems: the dense key) and the machines they record (``versions.machine``, where recorded). Models
-    are in the order of their first cell. A dense model is trained once per ``runs/<grid>/dense``
-    folder (not committed), so cells run on another machine train it anew: see benchmarks/README.md.
+    Dense models are told apart by ``dense_model_keys`` (the recorded weights digest, else the dense
+    accuracies). A cell is its ``(sparsity, method)``; a model also lists the dense checkpoints its cells
+    name (file stems: the dense key), the weights digests (``dense_weights``, where recorded) and the
+    machines they record (``versions.machine``, where recorded). Models are in the order of their first
+    cell. A dense model is trained once per ``runs/<grid>/dense`` folder (not committed), so cells run on
+    another machine train it anew: see benchmarks/README.md.
     """
-    by_seed: dict[int, dict[tuple[float, float], list[dict[str, Any]]]] = {}
-    for result in results:
-        seed, train, test = _seed_and_dense(result)
-        by_seed.setdefault(seed, {}).setdefault((train, test), []).append(result)
+    by_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for result, (seed, key) in zip(results, dense_model_keys(results), strict=True):
+        by_seed.setdefault(seed, {}).setdefault(key, []).append(result)
     return {
         seed: [
             {
-                "train_dense_accuracy": train,
-                "test_dense_accuracy": test,
+                "train_dense_accuracy": _dense_accuracies(cells[0])[0],
+                "test_dense_accuracy": _dense_accuracies(cells[0])[1],
                 "cells": [(r["config"]["sparsity"], r["config"]["method"]) for r in cells],
                 "dense_checkpoints": sorted(
                     {Path(r["dense_checkpoint"]).stem for r in cells if "dense_checkpoint" in r}
                 ),
+                "dense_weights": sorted({r["dense_weights"] for r in cells if "dense_weights" in r}),
                 "machines": sorted({r["versions"]["machine"] for r in cells if "machine" in r.get("versions", {})}),
             }
-            for (train, test), cells in models.items()
+            for cells in models.values()
         ]
         for seed, models in sorted(by_seed.items())
         if len(models) > 1
     }
+
+
+def dense_model_parts(
+    models: list[dict[str, Any]], *, names: dict[str, str] | None = None, detail: bool = True
+) -> list[str]:
+    """One phrase per dense model of a seed (a ``dense_models_per_seed`` value): its cells and its test accuracy.
+
+    ``names`` maps methods to display names (default: the method ids); with ``detail`` a phrase also names
+    the model's checkpoints and weights digests (the grid pages; the README leaves them out).
+    """
+    parts = []
+    for model in models:
+        cells_text = ", ".join(f"{(names or {}).get(m, m)} {100 * sparsity:g}%" for sparsity, m in model["cells"])
+        part = f"{cells_text} from a dense model of test accuracy {100 * model['test_dense_accuracy']:.2f}"
+        if detail:
+            recorded = [*model.get("dense_checkpoints", []), *(f"weights {d}" for d in model.get("dense_weights", []))]
+            part += f" ({', '.join(recorded) or 'checkpoint not recorded'})"
+        parts.append(part)
+    return parts
 
 
 def _dense_models_text(per_seed: dict[int, list[dict[str, Any]]]) -> str:
@@ -402,19 +450,12 @@ def _dense_models_text(per_seed: dict[int, list[dict[str, Any]]]) -> str:
         return ""
     lines = [
         "",
-        "Seeds whose cells started from different dense models (their dense accuracies differ; "
-        "benchmarks/README.md says when that happens). Each cell's ψ is measured against its own dense model; "
-        "accuracies across these cells differ by the dense models' differences too, and their epoch times are "
-        "not compared:",
+        "Seeds whose cells started from different dense models (benchmarks/README.md says when that happens). "
+        "Each cell's ψ is measured against its own dense model; accuracies across these cells differ by the dense "
+        "models' differences too, and their epoch times are not compared:",
         "",
     ]
-    for seed, models in per_seed.items():
-        parts = []
-        for model in models:
-            cells_text = ", ".join(f"{100 * sparsity:.0f}% {method}" for sparsity, method in model["cells"])
-            checkpoints = ", ".join(model.get("dense_checkpoints", [])) or "checkpoint not recorded"
-            parts.append(f"test dense acc {100 * model['test_dense_accuracy']:.2f} ({cells_text}; {checkpoints})")
-        lines.append(f"- seed {seed}: " + "; ".join(parts))
+    lines += [f"- seed {seed}: " + "; ".join(dense_model_parts(models)) for seed, models in per_seed.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -582,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         (failed if "failed" in result else results).append(result)
         args.output.mkdir(parents=True, exist_ok=True)
         rows = aggregate(results, grid.get("judged_min_count", 0))
-        kept = ("run", "config", "versions", "sparsity", "reports", "log", "timings_s")
+        kept = ("run", "config", "versions", "dense_weights", "sparsity", "reports", "log", "timings_s")
         payload = {
             "grid": args.grid,
             "command": command,

@@ -660,7 +660,7 @@ def test_cells_of_one_seed_on_different_dense_models_are_named_and_not_timed_aga
     model, and a method's epoch time is compared only with NFT cells of the same seed and dense model."""
     runner = load_runner()
 
-    def cell(method, seed, train_dense, test_dense, seconds, key, machine=None):
+    def cell(method, seed, train_dense, test_dense, seconds, key, machine=None, weights=None):
         def report(dense):
             return cc.DisparityReport(
                 ["a", "b"], [dense] * 2, [dense - 0.01, dense - 0.02], [50, 50], dense, dense - 0.015
@@ -673,7 +673,7 @@ def test_cells_of_one_seed_on_different_dense_models_are_named_and_not_timed_aga
             "log": [{"seconds": seconds, "mitigation": True}],
             "dense_checkpoint": f"benchmarks/runs/g/dense/mlp-seed{seed}-{key}.pt",
             "versions": {"code": "abc"} | ({"machine": machine} if machine else {}),
-        }
+        } | ({"dense_weights": weights} if weights else {})
 
     same = [
         cell("nft", 0, 0.9, 0.8, 10.0, "k0"),
@@ -701,8 +701,24 @@ def test_cells_of_one_seed_on_different_dense_models_are_named_and_not_timed_aga
     assert rows["ceag"]["epoch_time_seeds"] == [0]
     text = runner._dense_models_text(per_seed)
     assert (
-        "- seed 1: test dense acc 70.00 (90% nft; mlp-seed1-k1); test dense acc 70.00 (90% ceag; mlp-seed1-k1)" in text
+        "- seed 1: nft 90% from a dense model of test accuracy 70.00 (mlp-seed1-k1); "
+        "ceag 90% from a dense model of test accuracy 70.00 (mlp-seed1-k1)" in text
     )
+    # Recorded weights digests tell apart dense models whose accuracies are equal.
+    d1 = cell("nft", 0, 0.9, 0.8, 10.0, "k0", weights="d1")
+    d2 = cell("nft_es", 0, 0.9, 0.8, 3.0, "k0", machine="CPU B", weights="d2")
+    undigested = cell("ceag", 0, 0.9, 0.8, 12.0, "k0")  # a cell from before the digest was recorded
+    [first, second] = runner.dense_models_per_seed([d1, d2])[0]
+    assert (first["cells"], first["dense_weights"]) == ([(0.9, "nft")], ["d1"])
+    assert (second["cells"], second["dense_weights"], second["machines"]) == ([(0.9, "nft_es")], ["d2"], ["CPU B"])
+    assert "(mlp-seed0-k0, weights d2)" in runner._dense_models_text(runner.dense_models_per_seed([d1, d2]))
+    # A cell without a digest joins the one digest recorded with its seed and accuracies: one model, timed.
+    assert runner.dense_model_keys([d1, undigested]) == [(0, "d1"), (0, "d1")]
+    assert runner.dense_models_per_seed([d1, undigested]) == {}
+    assert {r["method"]: r for r in runner.aggregate([d1, undigested])}["ceag"]["epoch_time_seeds"] == [0]
+    # With two digests at its accuracies it cannot be placed: a model of its own, named by the accuracies.
+    assert runner.dense_model_keys([d1, d2, undigested])[2] == (0, "dense train/test accuracy 0.9/0.8")
+    assert len(runner.dense_models_per_seed([d1, d2, undigested])[0]) == 3
     # No NFT cell on the same dense model at all: no ratio rather than one across machines.
     alone = runner.aggregate([same[0], cell("ceag", 0, 0.91, 0.8, 6.0, "k0")])
     assert "epoch_time_vs_nft" not in {r["method"]: r for r in alone}["ceag"]
@@ -719,7 +735,8 @@ def test_the_readme_says_which_cells_of_a_seed_started_from_another_dense_model(
     [blank, line] = readme_results._dense_models_lines({"dense_models": {"0": models}})  # JSON keys are strings
     assert blank == ""
     assert line.endswith(
-        "Seed 0: NFT 90%, CEAG 95% from one with test accuracy 81.92; NFT+ES 90% from one with test accuracy 81.54."
+        "Seed 0: NFT 90%, CEAG 95% from a dense model of test accuracy 81.92; "
+        "NFT+ES 90% from a dense model of test accuracy 81.54."
     )
 
 

@@ -10,7 +10,14 @@ import torch
 from tiny_experiment import TINY
 
 from ceag_cooper.data import resolve_data_dir
-from ceag_cooper.experiments import METHODS, ExperimentConfig, load_task, run_experiment
+from ceag_cooper.experiments import (
+    METHODS,
+    ExperimentConfig,
+    build_model,
+    load_task,
+    run_experiment,
+    weights_digest,
+)
 from ceag_cooper.experiments.cli import main
 
 UTKFACE = resolve_data_dir() / "utkface" / "UTKFace.tar.gz"
@@ -35,6 +42,11 @@ def test_every_method_runs_and_reuses_the_dense_checkpoint(tmp_path, method):
         assert never == saved["log"][-1]["never_feasible"]
     again = run_experiment(config, task=task, progress=False)
     assert again["dense_reused"]
+    # The cell names the dense model it started from: the digest of the saved dense weights, not of the sparse model.
+    saved_dense = torch.load(tmp_path / "dense" / Path(first["dense_checkpoint"]).name, weights_only=True)["model"]
+    dense = build_model(config, task)
+    dense.load_state_dict(saved_dense)
+    assert first["dense_weights"] == again["dense_weights"] == weights_digest(dense)
 
 
 def test_cli_train_dense_prune_report(tmp_path, capsys):

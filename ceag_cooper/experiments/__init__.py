@@ -22,7 +22,7 @@ from ceag_cooper.experiments.config import (
 )
 from ceag_cooper.experiments.dense import build_model, dense_code_fingerprint, dense_key, train_dense
 from ceag_cooper.experiments.finetuning import finetune, iterate_policy, make_problem, primal_lr
-from ceag_cooper.experiments.provenance import code_version, machine, portable_path
+from ceag_cooper.experiments.provenance import code_version, machine, portable_path, weights_digest
 from ceag_cooper.experiments.registry import METHODS, Method, get_method, register_method
 from ceag_cooper.experiments.run import run_experiment
 from ceag_cooper.experiments.tasks import TASKS, Task, data_fingerprint, heldout_split, load_task
@@ -54,4 +54,5 @@ __all__ = [
     "register_method",
     "run_experiment",
     "train_dense",
+    "weights_digest",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["code_version", "machine", "portable_path"]
+__all__ = ["code_version", "machine", "portable_path", "weights_digest"]
 
 _ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the package
 
@@ -70,3 +71,32 @@ def machine() -> str:
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     cores = len(usable) if usable else os.cpu_count()
     return f"{name}, torch kernels {torch.backends.cpu.get_cpu_capability()}, {cores or 'unknown'} cores"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short SHA-256 of a module's state (every tensor's name, dtype, shape and bytes, in state-dict order).
+
+    Two cells started from the same dense model exactly when their digests match: unlike the dense
+    model's accuracies, it tells apart models that score the same, and it names the model a result
+    started from across machines (each cell records its ``dense_weights``).
+
+    Example:
+        >>> import torch
+        >>> from ceag_cooper.experiments import weights_digest
+        >>> torch.manual_seed(0); a = torch.nn.Linear(3, 2); b = torch.nn.Linear(3, 2)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> b.load_state_dict(a.state_dict())  # doctest: +ELLIPSIS
+        <All keys matched successfully>
+        >>> weights_digest(a) == weights_digest(b), len(weights_digest(a))
+        (True, 16)
+        >>> with torch.no_grad():
+        ...     _ = b.bias.add_(1e-7)
+        >>> weights_digest(a) == weights_digest(b)
+        False
+    """
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

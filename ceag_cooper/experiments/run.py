@@ -17,7 +17,7 @@ from ceag_cooper._atomic import atomic_write
 from ceag_cooper.experiments.config import ExperimentConfig
 from ceag_cooper.experiments.dense import train_dense
 from ceag_cooper.experiments.finetuning import finetune
-from ceag_cooper.experiments.provenance import code_version, machine, portable_path
+from ceag_cooper.experiments.provenance import code_version, machine, portable_path, weights_digest
 from ceag_cooper.experiments.tasks import Task, data_fingerprint, load_task
 from ceag_cooper.metrics import DisparityReport, evaluate_groups
 
@@ -39,6 +39,7 @@ def run_experiment(
     code_version()  # recorded now, before anything can change the checkout under a long run
     task = task or load_task(config)
     dense, checkpoint, reused = train_dense(config, task, progress=progress)
+    dense_weights = weights_digest(dense)  # before fine-tuning touches it: which dense model this cell started from
     dense_seconds = time.perf_counter() - started
     reference = evaluate_groups(dense, task.train.batches(512), groups=task.spec)
     dense_test = evaluate_groups(dense, task.test.batches(512), groups=task.spec)
@@ -76,6 +77,7 @@ def run_experiment(
         "data_fingerprint": data_fingerprint(task),
         "dense_checkpoint": portable_path(checkpoint),
         "dense_reused": reused,
+        "dense_weights": dense_weights,
         "timings_s": {"dense": round(dense_seconds, 1), "total": round(time.perf_counter() - started, 1)},
         "sparsity": round(pruner.measured_sparsity(), 4),
         "groups": names,
