@@ -612,8 +612,9 @@ def faq_bound_section(results: Path = RESULTS) -> str:
         f"{settings['finetune_epochs']} fine-tuning epochs and the feasibility-first iterate, fixed in advance; "
         "training-mode estimates, no margin and the SGD dual, kept by the selection on held-out data) measured on "
         f"UTKFace {settings['target']} ({groups} groups, {settings['image_size']} px, ε = "
-        f"{100 * settings['tolerance']:g} point(s); {done} of {expected} cells so far, "
-        "`benchmarks/results/utk_race_12ep.md`):",
+        f"{100 * settings['tolerance']:g} point(s); "
+        + (f"all {expected} cells, " if done >= expected else f"{done} of {expected} cells so far, ")
+        + "`benchmarks/results/utk_race_12ep.md`):",
         "",
         *_table(payload, ("nft", "ceag"), HEADLINE),
     ]
