@@ -135,9 +135,17 @@ GRIDS: dict[str, dict[str, Any]] = {
     "utk_many_groups_12ep": {
         # Issue #15's UTK-90 target with issue #13's protocol and #15's options (set before any of its runs):
         # eps = 2 points, since one sample is already a point in the 100-sample groups the target judges.
-        # Its knobs: the "many_groups_utk" candidates (_protocols.py) run by select_protocol.py; until then: none.
+        # Its knobs: the "many_groups_utk" candidates (_protocols.py) run by select_protocol.py.
         "selection": "many_groups_utk",
         "judged_min_count": 100,
+        "selected": {  # select_protocol_utk_many_groups_12ep.md; 80 fitted samples there = 100 in the full split
+            "ceag_detach_overall": {
+                "dual_lr": "auto",
+                "fit_buffers_to_groups": True,
+                "iterate_min_count": 100,
+                "buffer_size": 160,
+            }
+        },
         "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender", "age_bucket"), "tolerance": 0.02},
         "sparsities": (0.9,),
         "methods": ("nft", "ceag_detach_overall"),
