@@ -168,7 +168,7 @@ UTK_MANY_GROUP_ROUNDS: list[dict[str, dict[str, Any]]] = [
     },
     # Round 2, added after round 1 missed the fitted-part target on validation seed 0 (max psi over the groups
     # of >= 80 fitted samples 4.07 / 7.63 / 6.13 points at auto / 0.003 / 0.01, eps = 2; 0.01 also lost 4.4
-    # points of validation accuracy, its multipliers summing to 4-5), fixed before seed 1's results: the
+    # points of validation accuracy, its multipliers summing to 4-5.5), fixed before seed 1's results: the
     # binding groups are large (e.g. 462 samples), whose 40-sample buffers have a binomial standard error of
     # ~5 points, more than eps, so buffers of 160 (half the noise); and the 10-group grid's choice (nuPI
     # K_P 50, margin 0.5, k = 160) with the step the 90 constraints call for ("auto").

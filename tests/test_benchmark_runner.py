@@ -755,3 +755,47 @@ def test_the_accuracy_target_compares_ceag_with_nft_only_on_seeds_of_one_dense_m
     ]
     [line] = readme_results._bound_targets({**payload, "rows": rows})
     assert "test accuracy 1.00 points below NFT's on the 1 seed(s) NFT has run from the same dense model" in line
+
+
+def test_issue_15_targets_judge_large_groups_and_pair_seeds_with_nft():
+    """The many-groups targets line: a small group's ψ is left out of the bound, the accuracy drop is NFT's minus
+    CEAG's mean test accuracy on the seeds both ran, and a row short of the grid's seeds is 'so far'."""
+    readme_results = load_module("readme_results")
+    runner = load_runner()
+
+    def cell(method, seed, small_psi, large_psi, test_acc):
+        # Two groups: "small" (20 samples) and "large" (200); dense accuracy 0.9 on both, overall gap 0.05.
+        def report(acc):
+            sparse = [0.9 - 0.05 - small_psi, 0.9 - 0.05 - large_psi]
+            return cc.DisparityReport(["small", "large"], [0.9, 0.9], sparse, [20, 200], 0.9, 0.85, tolerance=0.02)
+
+        train, test = report(0.85).to_dict(), report(0.85).to_dict()
+        test["overall"]["sparse_accuracy"] = test_acc
+        return {
+            "config": {"sparsity": 0.9, "method": method, "seed": seed, "tolerance": 0.02},
+            "reports": {"train": train, "test": test},
+            "log": [{"seconds": 1.0, "mitigation": True}],
+        }
+
+    cells = [
+        cell("nft", 0, 0.30, 0.10, 0.80),
+        cell("nft", 1, 0.30, 0.10, 0.82),
+        cell("ceag_detach_overall", 0, 0.30, 0.01, 0.79),  # large group within eps: met, the small one ignored
+        cell("ceag_detach_overall", 1, 0.00, 0.03, 0.80),  # large group above eps: missed
+    ]
+    payload = {"settings": {"tolerance": 0.02}, "cells": cells, "rows": runner.aggregate(cells)}
+    [blank, title, blank2, line] = readme_results._many_groups_targets(payload, 100, seeds=2)
+    assert (blank, title, blank2) == ("", "Issue #15's targets:", "")
+    assert line == (
+        "- 90% CEAG, overall term detached: train max ψ ≤ ε over those groups on 1 of 2 seeds (target ≥ 2 of 2): "
+        "missed; test accuracy 1.50 points below NFT's on 2 seed(s) (target ≤ 2): met"  # (80 + 82 - 79 - 80) / 2
+    )
+    # Over every group (min_count 0) seed 0's small group breaks the bound too: 0 of 2.
+    assert "on 0 of 2 seeds" in readme_results._many_groups_targets(payload, 0, seeds=2)[3]
+    # A grid of 3 seeds with 2 run: no verdict on the bound yet.
+    assert "on 1 of 2 seeds so far (target ≥ 2 of 3);" in readme_results._many_groups_targets(payload, 100)[3]
+    # Without NFT's cells the accuracy target waits for them; the bound is still reported.
+    alone = {**payload, "cells": cells[2:], "rows": runner.aggregate(cells[2:])}
+    assert readme_results._many_groups_targets(alone, 100, seeds=2)[3].endswith(
+        "the accuracy target waits for NFT's cells from the same dense models"
+    )
