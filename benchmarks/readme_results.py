@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -207,6 +208,26 @@ def _one_dense(payload: dict[str, Any], seed: int, sparsity: float, methods: tup
     return len(holding) <= 1
 
 
+def _accuracy_drop(payload: dict[str, Any], sparsity: float, method: str) -> tuple[float, list[int]]:
+    """NFT's mean test accuracy minus ``method``'s, on the seeds both have run from one dense model (another one
+    shifts both accuracies), and those seeds; ``(nan, [])`` when there are none."""
+    nft, row = _row(payload, sparsity, "nft"), _row(payload, sparsity, method)
+    if nft is None or row is None:
+        return math.nan, []
+    common = [
+        seed
+        for seed in sorted(set(nft["seeds"]) & set(row["seeds"]))
+        if _one_dense(payload, seed, sparsity, ("nft", method))
+    ]
+    if not common:
+        return math.nan, []
+    mean = {
+        m: statistics.mean(a for seed, a in zip(r["seeds"], r["test acc"], strict=True) if seed in common)
+        for m, r in (("nft", nft), (method, row))
+    }
+    return mean["nft"] - mean[method], common
+
+
 def _bound_targets(payload: dict[str, Any]) -> list[str]:
     """Issue #13's targets for the CEAG row, checked on the committed cells."""
     lines = []
@@ -226,11 +247,7 @@ def _bound_targets(payload: dict[str, Any]) -> list[str]:
         if nft is None:  # the accuracy target needs NFT's cells
             checks.append("the accuracy target waits for NFT's cells (the grid runs CEAG on every seed first)")
         else:
-            # Compared on the seeds both have run, from the same dense model (another one shifts both accuracies).
-            common = [s for s in sorted(set(nft["seeds"]) & set(ceag["seeds"])) if _one_dense(payload, s, sparsity)]
-            nft_acc = [a for seed, a in zip(nft["seeds"], nft["test acc"], strict=True) if seed in common]
-            ceag_acc = [a for seed, a in zip(ceag["seeds"], ceag["test acc"], strict=True) if seed in common]
-            drop = statistics.mean(nft_acc) - statistics.mean(ceag_acc)
+            drop, common = _accuracy_drop(payload, sparsity, "ceag")
             partial = (
                 f" on the {len(common)} seed(s) NFT has run from the same dense model" if len(common) < seeds else ""
             )
@@ -554,18 +571,10 @@ def _many_groups_targets(payload: dict[str, Any], min_count: int, seeds: int = 3
             f"{MANY_GROUPS_TARGETS['feasible']} of {seeds})"
             + ("" if so_far else f": {'met' if met >= MANY_GROUPS_TARGETS['feasible'] else 'missed'}")
         ]
-        nft, row = _row(payload, sparsity, "nft"), _row(payload, sparsity, method)
-        common = [
-            seed
-            for seed in sorted(set(nft["seeds"] if nft else ()) & set(row["seeds"]))
-            if _one_dense(payload, seed, sparsity, ("nft", method))
-        ]
+        drop, common = _accuracy_drop(payload, sparsity, method)
         if not common:
             checks.append("the accuracy target waits for NFT's cells from the same dense models")
         else:
-            drop = statistics.mean(
-                a for seed, a in zip(nft["seeds"], nft["test acc"], strict=True) if seed in common
-            ) - statistics.mean(a for seed, a in zip(row["seeds"], row["test acc"], strict=True) if seed in common)
             checks.append(
                 f"test accuracy {100 * drop:.2f} points below NFT's on {len(common)} seed(s) (target ≤ "
                 f"{100 * MANY_GROUPS_TARGETS['acc_slack']:g}): "
