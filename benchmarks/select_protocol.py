@@ -134,13 +134,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if tie_break != "validation_max_psi":  # what the plain rule would have chosen, for the record
         plain = choose(rows, nft["validation_accuracy"], args.accuracy_slack)
         intro += f" With RULE's tie-break (the smallest mean validation max ψ) the choice would be {plain['name']}."
-    for number, round_ in enumerate(selection.get("rounds", [])[1:], start=selection.get("first_round", 1) + 1):
+    reasons = selection.get("round_reason", ())
+    later_rounds = selection.get("rounds", [])[1:]
+    if isinstance(reasons, str):  # one reason for every later round
+        reasons = (reasons,) * len(later_rounds)
+    first = selection.get("first_round", 1) + 1
+    for number, (round_, reason) in enumerate(zip(later_rounds, reasons, strict=True), start=first):
         added = [name for name in names if name in round_]
         if added:
-            intro += (
-                f" Round {number} ({'; '.join(added)}) was added after {selection['round_reason']}; "
-                "the rule did not change."
-            )
+            intro += f" Round {number} ({'; '.join(added)}) was added after {reason}; the rule did not change."
     if "after" in selection:
         intro += f" It follows {selection['after'].format(grid=args.grid)}."
     stem = page_stem(args.grid, selection)
