@@ -151,6 +151,23 @@ GRIDS: dict[str, dict[str, Any]] = {
         "methods": ("nft", "ceag_detach_overall"),
         "seeds": (0, 1, 2),
     },
+    "utk_many_groups_long": {
+        # utk_many_groups_12ep with 16 fine-tuning epochs instead of 8 (every method), as adult_many_groups_long:
+        # _protocols.UTK_LONG_SCHEDULE_CANDIDATES says why (the 12-epoch selection's validation logs). Dense
+        # models: the same as utk_many_groups_12ep's (the schedule after pruning is not part of a dense key).
+        "selection": "many_groups_utk_long",
+        "judged_min_count": 100,
+        "base": {
+            **PROTOCOL_12EP,
+            "finetune_epochs": 16,
+            "target": "race",
+            "protected": ("race", "gender", "age_bucket"),
+            "tolerance": 0.02,
+        },
+        "sparsities": (0.9,),
+        "methods": ("nft", "ceag_detach_overall"),
+        "seeds": (0, 1, 2),
+    },
     "omniglot_many_groups": {
         "base": {
             **LEGACY_PROTOCOL,
@@ -417,8 +434,7 @@ def dense_models_per_seed(results: list[dict[str, Any]]) -> dict[int, list[dict[
     return {
         seed: [
             {
-                "train_dense_accuracy": _dense_accuracies(cells[0])[0],
-                "test_dense_accuracy": _dense_accuracies(cells[0])[1],
+                **dict(zip(("train_dense_accuracy", "test_dense_accuracy"), _dense_accuracies(cells[0]), strict=True)),
                 "cells": [(r["config"]["sparsity"], r["config"]["method"]) for r in cells],
                 "dense_checkpoints": sorted(
                     {Path(r["dense_checkpoint"]).stem for r in cells if "dense_checkpoint" in r}
