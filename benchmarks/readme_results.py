@@ -492,6 +492,7 @@ def section(results: Path = RESULTS) -> str:
         ]
         if GRIDS.get(name, {}).get("judged_min_count"):
             lines += ["", _resolvable_line(payload, GRIDS[name]["judged_min_count"])]
+            lines += ["", _chance_line(payload, GRIDS[name]["judged_min_count"])]
             lines += _many_groups_targets(payload, GRIDS[name]["judged_min_count"], len(GRIDS[name]["seeds"]))
         for failure in payload.get("failed", []):
             config = failure["config"]
@@ -536,6 +537,26 @@ def _resolvable_line(payload: dict[str, Any], min_count: int = 100) -> str:
         f"Over the {large} groups with at least {min_count} training samples (issue #15's target: train max ψ ≤ ε = "
         f"{100 * tolerance:g} points), train max ψ per seed, and in brackets the test max ψ over the {large_test} "
         f"groups with at least {min_count} test samples: " + "; ".join(parts) + "."
+    )
+
+
+def _chance_line(payload: dict[str, Any], min_count: int) -> str:
+    """How likely a model without disparate impact meets ε on a grid's judged training groups by luck alone.
+
+    :meth:`DisparityReport.feasible_by_chance` of each cell's training report at its own overall gap; the
+    range over the grid's cells. Far below 1 says ε is finer than the groups' sampling noise.
+    """
+    tolerance = payload["settings"]["tolerance"]
+    chances = [
+        DisparityReport.from_dict(cell["reports"]["train"]).feasible_by_chance(min_count=min_count, tolerance=tolerance)
+        for cell in payload["cells"]
+    ]
+    low, high = min(chances), max(chances)
+    span = f"{100 * low:.0f}%" if round(100 * low) == round(100 * high) else f"{100 * low:.0f}–{100 * high:.0f}%"
+    return (
+        f"By sampling luck alone, a model without disparate impact (each training sample lost with its cell's "
+        f"overall probability Δ, alike in every group) would meet ε = {100 * tolerance:g} points over those groups "
+        f"with probability {span} (`DisparityReport.feasible_by_chance`, over the {len(chances)} cells)."
     )
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -799,3 +800,12 @@ def test_issue_15_targets_judge_large_groups_and_pair_seeds_with_nft():
     assert readme_results._many_groups_targets(alone, 100, seeds=2)[3].endswith(
         "the accuracy target waits for NFT's cells from the same dense models"
     )
+    # The chance line: every cell's training gap is 0.05; over the 200-sample group alone, sigma =
+    # sqrt(0.05 * 0.95 / 200) and P = Phi((0.02 + 1 / 400) / sigma) = 0.928; with the 20-sample group too,
+    # times Phi((0.02 + 1 / 40) / sqrt(0.05 * 0.95 / 20)) = 0.822: 0.76.
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    large = phi(0.0225 / math.sqrt(0.05 * 0.95 / 200))
+    small = phi(0.045 / math.sqrt(0.05 * 0.95 / 20))
+    assert f"with probability {100 * large:.0f}% " in readme_results._chance_line(payload, 100)
+    assert f"with probability {100 * large * small:.0f}% " in readme_results._chance_line(payload, 0)
+    assert (round(100 * large), round(100 * large * small)) == (93, 76)

@@ -44,6 +44,28 @@ def test_resolvability_and_max_psi_over_large_groups():
     assert DisparityReport.from_dict(report.to_dict()).resolvable.tolist() == [False, False, True]
 
 
+def test_feasible_by_chance_matches_a_simulated_model_without_disparate_impact():
+    """The chance that a model losing each sample with probability Delta in every group meets eps, against a
+    simulation of that model (binomial losses per group, overall Delta held fixed, as documented)."""
+    counts, loss, eps = np.array([100, 200, 400, 800, 1600] * 4), 0.1, 0.03
+    draws = np.random.default_rng(0).binomial(counts, loss, size=(200_000, counts.size)) / counts - loss
+    simulated = (draws.max(axis=1) <= eps).mean()
+    report = DisparityReport([str(g) for g in range(counts.size)], [0.9] * counts.size, [0.8] * counts.size,
+                             counts, 0.9, 0.8, tolerance=eps)  # fmt: skip
+    assert 0.05 < simulated < 0.95  # the case is informative: neither certain nor hopeless
+    assert report.feasible_by_chance() == pytest.approx(simulated, abs=0.03)  # normal vs binomial tails
+    big = counts >= 400
+    simulated_big = (draws[:, big].max(axis=1) <= eps).mean()
+    assert report.feasible_by_chance(min_count=400) == pytest.approx(simulated_big, abs=0.02)
+    assert report.feasible_by_chance(min_count=400) > report.feasible_by_chance()  # fewer, larger groups
+    assert report.feasible_by_chance(tolerance=2 * eps) > report.feasible_by_chance()
+    assert report.feasible_by_chance(min_count=10**6) == 1.0  # no group counted
+    same = DisparityReport(["a", "b"], [0.9, 0.8], [0.9, 0.8], [50, 50], 0.85, 0.85, tolerance=0.0)
+    assert same.feasible_by_chance() == 1.0  # nothing lost: psi is 0 everywhere
+    with pytest.raises(ValueError, match="tolerance"):
+        DisparityReport(["a"], [0.9], [0.8], [50], 0.9, 0.8).feasible_by_chance()
+
+
 def test_never_feasible_groups_are_reported():
     report = DisparityReport(["a", "b"], [0.9, 0.8], [0.88, 0.7], [5, 5], 0.85, 0.79, never_feasible=["b"])
     assert report.overall["never_feasible"] == ["b"]

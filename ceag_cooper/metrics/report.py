@@ -177,6 +177,42 @@ class DisparityReport:
         keep = self.count >= max(1, min_count)
         return float(np.nanmax(self.psi[keep])) if np.any(keep) else math.nan
 
+    def feasible_by_chance(self, *, min_count: int = 1, tolerance: float | None = None) -> float:
+        r"""How likely a model *without* disparate impact meets max ψ ≤ ε on these groups, by sampling luck.
+
+        The null model loses each sample with the same probability :math:`p = |\Delta|` (this
+        report's overall gap) in every group, independently; then :math:`\psi_g` is approximately
+        normal with mean 0 and :math:`\sigma_g^2 = p(1-p)/n_g` (overall :math:`\Delta` held fixed),
+        and :math:`P(\max_g \psi_g \le \epsilon) \approx \prod_g \Phi((\epsilon + 1/(2 n_g)) / \sigma_g)`
+        (with half a sample of continuity correction) over the groups with at least ``min_count``
+        samples. A value far below 1 says ε is finer than the
+        split can resolve over that many groups: even a model that spreads its losses evenly in
+        expectation rarely passes, and one that passes has fitted which samples it gets wrong. The
+        variance counts only losses (no samples that pruning fixes), so this is an upper bound on
+        the null's chance. 1 when no group is counted or :math:`|\Delta|` is 0 or 1 (ψ is then 0).
+
+        Args:
+            min_count: count only the groups with at least this many samples in the split.
+            tolerance: ε; default the report's own (an error when it has none).
+
+        Example:
+            >>> r = DisparityReport(["a", "b"], [0.9, 0.9], [0.86, 0.86], [100, 10000], 0.9, 0.86, tolerance=0.02)
+            >>> round(r.feasible_by_chance(), 3), round(r.feasible_by_chance(min_count=1000), 3)
+            (0.899, 1.0)
+        """
+        epsilon = self.tolerance if tolerance is None else tolerance
+        if epsilon is None or not epsilon >= 0:
+            raise ValueError(
+                f"feasible_by_chance needs a tolerance >= 0: pass tolerance=... or build the report with one, "
+                f"got {epsilon!r}."
+            )
+        loss = min(abs(self.overall_gap), 1.0)
+        counts = self.count[self.count >= max(1, min_count)]
+        if not 0 < loss < 1 or counts.size == 0:  # no sample lost, or every one: psi is 0 in every group
+            return 1.0
+        sigma = np.sqrt(loss * (1 - loss) / counts)
+        return float(torch.special.ndtr(torch.as_tensor((epsilon + 0.5 / counts) / sigma)).prod())
+
     @property
     def by_group(self) -> dict[str, dict[str, Any]]:
         """Per-group rows (fairlearn-style): accuracies, gap, psi, count, standard error, resolvable.
