@@ -471,6 +471,7 @@ def section(results: Path = RESULTS) -> str:
             "utk_many_groups_12ep",
             "UTKFace, target race, race × gender × age bucket (90 groups), issue #13's protocol, ε = 2 points",
         ),
+        ("utk_many_groups_long", "The same UTKFace task with 16 fine-tuning epochs (every method), ε = 2 points"),
         ("utk_many_groups", "UTKFace, target race, race × gender × age bucket (90 groups)"),
         ("omniglot_many_groups", "Omniglot, 242 characters as groups"),
         (
