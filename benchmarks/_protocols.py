@@ -227,13 +227,12 @@ UTK_LONG_SCHEDULE_ROUNDS: list[dict[str, dict[str, Any]]] = [
 UTK_LONG_SCHEDULE_CANDIDATES = _merged(UTK_LONG_SCHEDULE_ROUNDS)
 """The candidates of ``utk_many_groups_long``, by round, each fixed before its runs. Round 1: the 12-epoch
 selection's choice, unchanged, on 16 fine-tuning epochs instead of 8 (NFT too), so that the schedule is the
-only change. Rounds
-1-3 on the 12-epoch schedule all missed; their validation logs (the iterate judged at every epoch end on the
-fitted groups of >= 80 samples) show max psi swinging between 10 and 15 points while the LR is 0.01 and
-falling to 4-6 only at the first decay, after which the model has two epochs at LR 0.001 and then too small
-an LR to move: the dual acts on SGD noise, and the settled phase is too short for it to act on the
-violations that remain. 16 epochs double both phases. Judged on 2 validation seeds; the 3-seed grid runs
-only if the chosen candidate meets eps on the fitted part of at least one of them."""
+only change. Rounds 1-3 on the 12-epoch schedule all missed; their validation logs (the iterate judged at
+every epoch end on the fitted groups of >= 80 samples) show max psi swinging between 10 and 15 points while
+the LR is 0.01 and falling to 4-6 only at the first decay, after which the model has two epochs at LR 0.001
+and then too small an LR to move: the dual acts on SGD noise, and the settled phase is too short for it to act
+on the violations that remain. 16 epochs double both phases. Judged on 2 validation seeds; the 3-seed grid
+runs only if the chosen candidate meets eps on the fitted part of at least one of them."""
 RACE_GENDER_ROUNDS: list[dict[str, dict[str, Any]]] = [
     {
         "train estimates": {"constraint_estimate": "train"},
@@ -343,7 +342,7 @@ SELECTIONS: dict[str, dict[str, Any]] = {
         "rounds": UTK_LONG_SCHEDULE_ROUNDS,
         "round_reason": "round 1 missed the fitted-part target on validation seed 0 (before seed 1's result)",
         "after": "select_protocol_utk_many_groups_12ep.md (rounds 1-3 on the 12-epoch schedule, none of which met ε "
-        "on the fitted part of both validation seeds)",
+        "on the fitted part of either validation seed)",
     },
     "race_gender_12ep": {
         **PLAIN_SELECTION,

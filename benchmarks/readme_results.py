@@ -545,7 +545,8 @@ def _chance_line(payload: dict[str, Any], min_count: int) -> str:
     """How likely a model without disparate impact meets ε on a grid's judged training groups by luck alone.
 
     :meth:`DisparityReport.feasible_by_chance` of each cell's training report at its own overall gap; the
-    range over the grid's cells. Far below 1 says ε is finer than the groups' sampling noise.
+    range over the grid's cells, to a tenth of a percent. Far below 1 says ε is finer than the groups'
+    sampling noise.
     """
     tolerance = payload["settings"]["tolerance"]
     chances = [
@@ -553,7 +554,8 @@ def _chance_line(payload: dict[str, Any], min_count: int) -> str:
         for cell in payload["cells"]
     ]
     low, high = min(chances), max(chances)
-    span = f"{100 * low:.0f}%" if round(100 * low) == round(100 * high) else f"{100 * low:.0f}–{100 * high:.0f}%"
+    low_text, high_text = f"{100 * low:.1f}", f"{100 * high:.1f}"
+    span = f"{low_text}%" if low_text == high_text else f"{low_text}–{high_text}%"
     return (
         f"By sampling luck alone, a model without disparate impact (each training sample lost with its cell's "
         f"overall probability Δ, alike in every group) would meet ε = {100 * tolerance:g} points over those groups "

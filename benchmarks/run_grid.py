@@ -392,6 +392,11 @@ def _dense_accuracies(result: dict[str, Any]) -> tuple[float, float]:
     return train, test
 
 
+def _dense_accuracy_fields(result: dict[str, Any]) -> dict[str, float]:
+    train, test = _dense_accuracies(result)
+    return {"train_dense_accuracy": train, "test_dense_accuracy": test}
+
+
 def dense_model_keys(results: list[dict[str, Any]]) -> list[tuple[int, str]]:
     """Each cell's ``(seed, dense model)``, in the order of ``results``.
 
@@ -434,7 +439,7 @@ def dense_models_per_seed(results: list[dict[str, Any]]) -> dict[int, list[dict[
     return {
         seed: [
             {
-                **dict(zip(("train_dense_accuracy", "test_dense_accuracy"), _dense_accuracies(cells[0]), strict=True)),
+                **_dense_accuracy_fields(cells[0]),
                 "cells": [(r["config"]["sparsity"], r["config"]["method"]) for r in cells],
                 "dense_checkpoints": sorted(
                     {Path(r["dense_checkpoint"]).stem for r in cells if "dense_checkpoint" in r}

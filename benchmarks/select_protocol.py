@@ -60,6 +60,19 @@ def _checked_tie_break(tie_break: str) -> str:
     return tie_break
 
 
+def round_reasons(selection: dict[str, Any]) -> tuple[str, ...]:
+    """Why each round after the first was added: ``"round_reason"``, one text for all or one per later round.
+
+    A selection with later rounds and no reason for each of them is an error (raised before any run).
+    """
+    later = len(selection.get("rounds", [])[1:])
+    reasons = selection.get("round_reason", ())
+    reasons = (reasons,) * later if isinstance(reasons, str) else tuple(reasons)
+    if len(reasons) != later:
+        raise ValueError(f"a selection with {later} later round(s) needs as many round_reason texts, got {reasons!r}")
+    return reasons
+
+
 def choose(
     rows: list[dict[str, Any]], nft_accuracy: float, slack: float, *, tie_break: str = "validation_max_psi"
 ) -> dict[str, Any]:
@@ -88,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options.parse_args(given)
     selection = SELECTIONS[args.selection] if args.selection else selection_of(GRIDS[args.grid])
     tie_break = _checked_tie_break(selection.get("tie_break", "validation_max_psi"))  # before any run
+    reasons = round_reasons(selection)  # before any run too
     candidates = selection["candidates"]
     names = args.candidates if args.candidates is not None else list(candidates)
     unknown = [name for name in names if name not in candidates]
@@ -134,11 +148,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if tie_break != "validation_max_psi":  # what the plain rule would have chosen, for the record
         plain = choose(rows, nft["validation_accuracy"], args.accuracy_slack)
         intro += f" With RULE's tie-break (the smallest mean validation max ψ) the choice would be {plain['name']}."
-    reasons = selection.get("round_reason", ())
-    later_rounds = selection.get("rounds", [])[1:]
-    if isinstance(reasons, str):  # one reason for every later round
-        reasons = (reasons,) * len(later_rounds)
     first = selection.get("first_round", 1) + 1
+    later_rounds = selection.get("rounds", [])[1:]
     for number, (round_, reason) in enumerate(zip(later_rounds, reasons, strict=True), start=first):
         added = [name for name in names if name in round_]
         if added:

@@ -44,24 +44,51 @@ def test_resolvability_and_max_psi_over_large_groups():
     assert DisparityReport.from_dict(report.to_dict()).resolvable.tolist() == [False, False, True]
 
 
-def test_feasible_by_chance_matches_a_simulated_model_without_disparate_impact():
-    """The chance that a model losing each sample with probability Delta in every group meets eps, against a
-    simulation of that model (binomial losses per group, overall Delta held fixed, as documented)."""
-    counts, loss, eps = np.array([100, 200, 400, 800, 1600] * 4), 0.1, 0.03
-    draws = np.random.default_rng(0).binomial(counts, loss, size=(200_000, counts.size)) / counts - loss
-    simulated = (draws.max(axis=1) <= eps).mean()
-    report = DisparityReport([str(g) for g in range(counts.size)], [0.9] * counts.size, [0.8] * counts.size,
-                             counts, 0.9, 0.8, tolerance=eps)  # fmt: skip
-    assert 0.05 < simulated < 0.95  # the case is informative: neither certain nor hopeless
-    assert report.feasible_by_chance() == pytest.approx(simulated, abs=0.03)  # normal vs binomial tails
+def test_binomial_cdf_against_a_naive_sum():
+    from ceag_cooper.metrics.functional import binomial_cdf
+
+    def naive(k, n, p):
+        return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(min(k, n) + 1)) if k >= 0 else 0.0
+
+    cases = [(3, 10, 0.2), (13, 100, 0.1), (0, 5, 0.3), (7, 630, 0.0355), (-2, 4, 0.5), (60, 50, 0.9), (49, 50, 0.9)]
+    k, n, p = (torch.tensor([c[0] for c in cases]), torch.tensor([c[1] for c in cases]), [c[2] for c in cases])
+    for (kk, nn, pp), value in zip(cases, [binomial_cdf(k[i], n[i], pp) for i, pp in enumerate(p)], strict=True):
+        assert float(value) == pytest.approx(naive(kk, nn, pp), rel=1e-9, abs=1e-15), (kk, nn, pp)
+    assert binomial_cdf(k[:3], n[:3], 0.3).shape == (3,)  # vectorized over entries
+    assert binomial_cdf(torch.tensor(60), torch.tensor(50), 0.9).item() == 1.0
+    with pytest.raises(ValueError, match="strictly between"):
+        binomial_cdf(torch.tensor(1), torch.tensor(2), 1.0)
+
+
+@pytest.mark.parametrize("loss", [0.1, 0.0355, -0.05])
+def test_feasible_by_chance_matches_a_simulated_model_without_disparate_impact(loss):
+    """The chance that a model changing each sample with probability |Delta| in every group meets eps, against a
+    simulation of that model (binomial losses, or gains when Delta < 0, per group; Delta held fixed as documented).
+    Group sizes off any lattice (n (p + eps) not whole) and a skewed case (small p)."""
+    counts, eps = np.array([100, 137, 250, 412, 630] * 4), 0.03
+    draws = np.random.default_rng(0).binomial(counts, abs(loss), size=(200_000, counts.size)) / counts
+    psi = draws - loss if loss > 0 else -loss - draws  # gains: Delta_g = -gains / n, psi_g = Delta_g - Delta
+    simulated = (psi.max(axis=1) <= eps + 1e-12).mean()
+    dense, sparse = np.full(counts.size, 0.9), np.full(counts.size, 0.9 - loss)
+    report = DisparityReport([str(g) for g in range(counts.size)], dense, sparse, counts, 0.9, 0.9 - loss,
+                             tolerance=eps)  # fmt: skip
+    assert 0.01 < simulated < 0.99  # informative: neither certain nor hopeless
+    assert report.feasible_by_chance() == pytest.approx(simulated, abs=0.004)  # ~3 Monte Carlo SEs
     big = counts >= 400
-    simulated_big = (draws[:, big].max(axis=1) <= eps).mean()
-    assert report.feasible_by_chance(min_count=400) == pytest.approx(simulated_big, abs=0.02)
+    simulated_big = (psi[:, big].max(axis=1) <= eps + 1e-12).mean()
+    assert report.feasible_by_chance(min_count=400) == pytest.approx(simulated_big, abs=0.004)
     assert report.feasible_by_chance(min_count=400) > report.feasible_by_chance()  # fewer, larger groups
     assert report.feasible_by_chance(tolerance=2 * eps) > report.feasible_by_chance()
     assert report.feasible_by_chance(min_count=10**6) == 1.0  # no group counted
+
+
+def test_feasible_by_chance_edge_cases():
     same = DisparityReport(["a", "b"], [0.9, 0.8], [0.9, 0.8], [50, 50], 0.85, 0.85, tolerance=0.0)
-    assert same.feasible_by_chance() == 1.0  # nothing lost: psi is 0 everywhere
+    assert same.feasible_by_chance() == 1.0  # nothing changes: psi is 0 everywhere
+    gain = DisparityReport(["a", "b"], [0.8, 0.8], [0.81, 0.81], [50, 50], 0.8, 0.81, tolerance=0.02)
+    assert gain.feasible_by_chance() == 1.0  # a gain of 1 point can push psi to at most 1 point
+    unknown = DisparityReport(["a"], [0.9], [0.8], [50], float("nan"), 0.8, tolerance=0.02)
+    assert math.isnan(unknown.feasible_by_chance())
     with pytest.raises(ValueError, match="tolerance"):
         DisparityReport(["a"], [0.9], [0.8], [50], 0.9, 0.8).feasible_by_chance()
 

@@ -7,6 +7,7 @@ Everything is ``index_add`` on the input's device: no Python loop over groups, n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -16,6 +17,7 @@ from ceag_cooper._validation import _assert_values
 
 __all__ = [
     "LossFn",
+    "binomial_cdf",
     "binomial_standard_error",
     "flatten_membership",
     "group_loss_accuracy",
@@ -199,3 +201,40 @@ def binomial_standard_error(accuracy: torch.Tensor, count: torch.Tensor) -> torc
     n = torch.where(count > 0, count.to(accuracy.dtype), torch.nan)
     smoothed = (n * accuracy + 1.0) / (n + 2.0)
     return torch.sqrt(smoothed * (1.0 - smoothed) / n)
+
+
+def binomial_cdf(k: torch.Tensor, n: torch.Tensor, p: float) -> torch.Tensor:
+    r""":math:`P(K \le k)` for :math:`K \sim \mathrm{Bin}(n, p)`, entry by entry, exactly.
+
+    The sum of the probability mass terms :math:`0..k` of every entry, in float64 and without a
+    loop over entries (all terms in one tensor: memory grows with :math:`\sum k`). ``k`` is
+    floored and may be negative (probability 0) or at least ``n`` (probability 1).
+
+    Args:
+        k: the bounds, any shape.
+        n: the numbers of trials (whole numbers >= 0), broadcastable with ``k``.
+        p: the success probability, strictly between 0 and 1.
+
+    Returns:
+        A float64 tensor of the broadcast shape.
+
+    Example:
+        >>> import torch
+        >>> [round(v, 4) for v in binomial_cdf(torch.tensor([0, 1, 2, -1]), torch.tensor([2, 2, 2, 2]), 0.5).tolist()]
+        [0.25, 0.75, 1.0, 0.0]
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"`p` must be strictly between 0 and 1, got {p!r}.")
+    k, n = torch.broadcast_tensors(torch.as_tensor(k, dtype=torch.float64), torch.as_tensor(n, dtype=torch.float64))
+    shape, n = k.shape, n.reshape(-1)
+    k = torch.minimum(torch.floor(k.reshape(-1)), n)
+    terms = (k + 1).clamp(min=0).to(torch.int64)
+    owner = torch.repeat_interleave(torch.arange(terms.numel()), terms)
+    j = (torch.arange(owner.numel()) - (torch.cumsum(terms, 0) - terms)[owner]).to(torch.float64)
+    trials = n[owner]
+    log_pmf = (
+        torch.lgamma(trials + 1) - torch.lgamma(j + 1) - torch.lgamma(trials - j + 1)
+        + j * math.log(p) + (trials - j) * math.log1p(-p)
+    )  # fmt: skip
+    cdf = torch.zeros(terms.numel(), dtype=torch.float64).index_add_(0, owner, torch.exp(log_pmf))
+    return torch.where(k >= n, 1.0, cdf.clamp(max=1.0)).reshape(shape)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ceag_cooper.metrics.functional import binomial_standard_error
+from ceag_cooper.metrics.functional import binomial_cdf, binomial_standard_error
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 
 __all__ = ["DisparityReport"]
@@ -180,25 +180,37 @@ class DisparityReport:
     def feasible_by_chance(self, *, min_count: int = 1, tolerance: float | None = None) -> float:
         r"""How likely a model *without* disparate impact meets max ψ ≤ ε on these groups, by sampling luck.
 
-        The null model loses each sample with the same probability :math:`p = |\Delta|` (this
-        report's overall gap) in every group, independently; then :math:`\psi_g` is approximately
-        normal with mean 0 and :math:`\sigma_g^2 = p(1-p)/n_g` (overall :math:`\Delta` held fixed),
-        and :math:`P(\max_g \psi_g \le \epsilon) \approx \prod_g \Phi((\epsilon + 1/(2 n_g)) / \sigma_g)`
-        (with half a sample of continuity correction) over the groups with at least ``min_count``
-        samples. A value far below 1 says ε is finer than the
-        split can resolve over that many groups: even a model that spreads its losses evenly in
-        expectation rarely passes, and one that passes has fitted which samples it gets wrong. The
-        variance counts only losses (no samples that pruning fixes), so this is an upper bound on
-        the null's chance. 1 when no group is counted or :math:`|\Delta|` is 0 or 1 (ψ is then 0).
+        The null model changes each sample with the same probability in every group, independently:
+        it loses each of a group's :math:`n_g` samples with probability :math:`p = \Delta`, this
+        report's overall gap (gains each with probability :math:`|\Delta|` when the sparse model is
+        the more accurate one). With :math:`\Delta` held at its observed value, :math:`\psi_g \le
+        \epsilon` is a bound on the group's binomial count of changed samples, and the result is
+        :math:`\prod_g P(K_g \le \lfloor n_g (p + \epsilon) \rfloor)`, :math:`K_g \sim
+        \mathrm{Bin}(n_g, p)`, exactly (gains: :math:`\prod_g P(K_g \ge \lceil n_g (|\Delta| -
+        \epsilon) \rceil)`), over the groups with at least ``min_count`` samples. An approximation
+        of the null's chance in two ways: the groups are treated as independent and the overall gap
+        as fixed, though it moves with them (little when no group is a large share of the split).
+
+        A value far below 1 says ε is finer than the split can resolve over that many groups: even
+        a model that spreads its losses evenly in expectation rarely passes, and one that passes has
+        fitted which samples it gets wrong. Cost: one term per sample at most (no loop over groups).
 
         Args:
             min_count: count only the groups with at least this many samples in the split.
-            tolerance: ε; default the report's own (an error when it has none).
+            tolerance: ε; default the report's own.
+
+        Returns:
+            The probability, in ``[0, 1]``; 1 when no group is counted or when ψ cannot exceed ε
+            (no sample changes, every sample is lost, or the gain is at most ε); nan when the
+            overall gap is nan.
+
+        Raises:
+            ValueError: no tolerance (neither given nor in the report), or a negative one.
 
         Example:
             >>> r = DisparityReport(["a", "b"], [0.9, 0.9], [0.86, 0.86], [100, 10000], 0.9, 0.86, tolerance=0.02)
             >>> round(r.feasible_by_chance(), 3), round(r.feasible_by_chance(min_count=1000), 3)
-            (0.899, 1.0)
+            (0.894, 1.0)
         """
         epsilon = self.tolerance if tolerance is None else tolerance
         if epsilon is None or not epsilon >= 0:
@@ -206,12 +218,19 @@ class DisparityReport:
                 f"feasible_by_chance needs a tolerance >= 0: pass tolerance=... or build the report with one, "
                 f"got {epsilon!r}."
             )
-        loss = min(abs(self.overall_gap), 1.0)
-        counts = self.count[self.count >= max(1, min_count)]
-        if not 0 < loss < 1 or counts.size == 0:  # no sample lost, or every one: psi is 0 in every group
+        gap = self.overall_gap
+        if math.isnan(gap):
+            return math.nan
+        counts = np.rint(self.count[self.count >= max(1, min_count)]).astype(np.int64)
+        change = min(abs(gap), 1.0)
+        if counts.size == 0 or not 0 < change < 1 or (gap < 0 and change <= epsilon):
             return 1.0
-        sigma = np.sqrt(loss * (1 - loss) / counts)
-        return float(torch.special.ndtr(torch.as_tensor((epsilon + 0.5 / counts) / sigma)).prod())
+        if gap > 0:  # at most floor(n (p + eps)) of a group's samples lost
+            most = torch.as_tensor(np.floor(counts * (change + epsilon) + 1e-9))
+            return float(binomial_cdf(most, torch.as_tensor(counts), change).prod())
+        # at least ceil(n (q - eps)) gained, i.e. at most n - that many not gained (each with 1 - q)
+        least = np.ceil(counts * (change - epsilon) - 1e-9)
+        return float(binomial_cdf(torch.as_tensor(counts - least), torch.as_tensor(counts), 1 - change).prod())
 
     @property
     def by_group(self) -> dict[str, dict[str, Any]]:
