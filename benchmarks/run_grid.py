@@ -155,8 +155,18 @@ GRIDS: dict[str, dict[str, Any]] = {
         # utk_many_groups_12ep with 16 fine-tuning epochs instead of 8 (every method), as adult_many_groups_long:
         # _protocols.UTK_LONG_SCHEDULE_CANDIDATES says why (the 12-epoch selection's validation logs). Dense
         # models: the same as utk_many_groups_12ep's (the schedule after pruning is not part of a dense key).
+        # Not run: by the rule fixed before its selection, the 3-seed grid runs only if the chosen candidate meets
+        # eps on the fitted part of a validation seed, and none did (select_protocol_utk_many_groups_long.md).
         "selection": "many_groups_utk_long",
         "judged_min_count": 100,
+        "selected": {  # select_protocol_utk_many_groups_long.md; 80 fitted samples there = 100 in the full split
+            "ceag_detach_overall": {
+                "dual_lr": "auto",
+                "fit_buffers_to_groups": True,
+                "iterate_min_count": 100,
+                "buffer_size": 160,
+            }
+        },
         "base": {
             **PROTOCOL_12EP,
             "finetune_epochs": 16,
