@@ -215,7 +215,9 @@ UTK_LONG_SCHEDULE_ROUNDS: list[dict[str, dict[str, Any]]] = [
     # psi 4.0-4.4 with multipliers of ~1e-4, while the groups its report put highest had buffered psi below 0:
     # a 160-sample estimate has a standard error of ~2.3 points, more than eps. Buffers of 800 (more than
     # any group has), fitted to the groups, read each group's exact eval-mode accuracy over its last pass,
-    # the measure the target judges, one pass late.
+    # the measure the target judges, one pass late. (Noticed after the runs: that report is of the returned
+    # iterate, epoch 12, and the buffers are of the last epoch, 19: two models. At epoch 19 the buffered and the
+    # eval-mode max psi over those groups were close, 4.4 and 4.6; docs/concepts.md#many-groups.)
     {
         "detached overall, auto, whole-group eval buffers": {
             **UTK_MANY_GROUP_CANDIDATES["detached overall, auto, k 160"],
