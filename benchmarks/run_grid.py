@@ -74,6 +74,19 @@ ADULT_MANY_GROUPS = {
     "el_form": "signed",  # the default when its cells ran (no EL row here; it keeps their names)
 }
 """Issue #15's many-groups task and its 12-epoch protocol (4 pruning + 8 fine-tuning epochs, LR x0.1 at 60/80/90%)."""
+UTK_MANY_GROUPS_12EP = {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender", "age_bucket"),
+                        "tolerance": 0.02}  # fmt: skip
+"""Issue #15's UTK-90 task under issue #13's protocol, eps = 2 points: utk_many_groups_12ep's base, and with 16
+fine-tuning epochs utk_many_groups_long's."""
+UTK_MANY_GROUPS_CHOICE = {
+    "ceag_detach_overall": {
+        "dual_lr": "auto",
+        "fit_buffers_to_groups": True,
+        "iterate_min_count": 100,
+        "buffer_size": 160,
+    }
+}
+"""What both UTK-90 selections chose (each grid's page; 80 fitted samples there = 100 in the full split)."""
 GRIDS: dict[str, dict[str, Any]] = {
     "utk_race_12ep": {
         "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race",)},
@@ -138,15 +151,8 @@ GRIDS: dict[str, dict[str, Any]] = {
         # Its knobs: the "many_groups_utk" candidates (_protocols.py) run by select_protocol.py.
         "selection": "many_groups_utk",
         "judged_min_count": 100,
-        "selected": {  # select_protocol_utk_many_groups_12ep.md; 80 fitted samples there = 100 in the full split
-            "ceag_detach_overall": {
-                "dual_lr": "auto",
-                "fit_buffers_to_groups": True,
-                "iterate_min_count": 100,
-                "buffer_size": 160,
-            }
-        },
-        "base": {**PROTOCOL_12EP, "target": "race", "protected": ("race", "gender", "age_bucket"), "tolerance": 0.02},
+        "selected": UTK_MANY_GROUPS_CHOICE,  # select_protocol_utk_many_groups_12ep.md
+        "base": UTK_MANY_GROUPS_12EP,
         "sparsities": (0.9,),
         "methods": ("nft", "ceag_detach_overall"),
         "seeds": (0, 1, 2),
@@ -159,21 +165,8 @@ GRIDS: dict[str, dict[str, Any]] = {
         # eps on the fitted part of a validation seed, and none did (select_protocol_utk_many_groups_long.md).
         "selection": "many_groups_utk_long",
         "judged_min_count": 100,
-        "selected": {  # select_protocol_utk_many_groups_long.md; 80 fitted samples there = 100 in the full split
-            "ceag_detach_overall": {
-                "dual_lr": "auto",
-                "fit_buffers_to_groups": True,
-                "iterate_min_count": 100,
-                "buffer_size": 160,
-            }
-        },
-        "base": {
-            **PROTOCOL_12EP,
-            "finetune_epochs": 16,
-            "target": "race",
-            "protected": ("race", "gender", "age_bucket"),
-            "tolerance": 0.02,
-        },
+        "selected": UTK_MANY_GROUPS_CHOICE,  # select_protocol_utk_many_groups_long.md
+        "base": {**UTK_MANY_GROUPS_12EP, "finetune_epochs": 16},
         "sparsities": (0.9,),
         "methods": ("nft", "ceag_detach_overall"),
         "seeds": (0, 1, 2),
@@ -402,11 +395,6 @@ def _dense_accuracies(result: dict[str, Any]) -> tuple[float, float]:
     return train, test
 
 
-def _dense_accuracy_fields(result: dict[str, Any]) -> dict[str, float]:
-    train, test = _dense_accuracies(result)
-    return {"train_dense_accuracy": train, "test_dense_accuracy": test}
-
-
 def dense_model_keys(results: list[dict[str, Any]]) -> list[tuple[int, str]]:
     """Each cell's ``(seed, dense model)``, in the order of ``results``.
 
@@ -447,20 +435,22 @@ def dense_models_per_seed(results: list[dict[str, Any]]) -> dict[int, list[dict[
     for result, (seed, key) in zip(results, dense_model_keys(results), strict=True):
         by_seed.setdefault(seed, {}).setdefault(key, []).append(result)
     return {
-        seed: [
-            {
-                **_dense_accuracy_fields(cells[0]),
-                "cells": [(r["config"]["sparsity"], r["config"]["method"]) for r in cells],
-                "dense_checkpoints": sorted(
-                    {Path(r["dense_checkpoint"]).stem for r in cells if "dense_checkpoint" in r}
-                ),
-                "dense_weights": sorted({r["dense_weights"] for r in cells if "dense_weights" in r}),
-                "machines": sorted({r["versions"]["machine"] for r in cells if "machine" in r.get("versions", {})}),
-            }
-            for cells in models.values()
-        ]
+        seed: [_dense_model(cells) for cells in models.values()]
         for seed, models in sorted(by_seed.items())
         if len(models) > 1
+    }
+
+
+def _dense_model(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """One entry of ``dense_models_per_seed``: the model's dense accuracies and what its cells record."""
+    train, test = _dense_accuracies(cells[0])
+    return {
+        "train_dense_accuracy": train,
+        "test_dense_accuracy": test,
+        "cells": [(r["config"]["sparsity"], r["config"]["method"]) for r in cells],
+        "dense_checkpoints": sorted({Path(r["dense_checkpoint"]).stem for r in cells if "dense_checkpoint" in r}),
+        "dense_weights": sorted({r["dense_weights"] for r in cells if "dense_weights" in r}),
+        "machines": sorted({r["versions"]["machine"] for r in cells if "machine" in r.get("versions", {})}),
     }
 
 

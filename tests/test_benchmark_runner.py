@@ -782,11 +782,9 @@ def test_issue_15_targets_judge_large_groups_and_pair_seeds_with_nft():
 
     def cell(method, seed, small_psi, large_psi, test_acc):
         # Two groups: "small" (20 samples) and "large" (200); dense accuracy 0.9 on both, overall gap 0.05.
-        def report(acc):
-            sparse = [0.9 - 0.05 - small_psi, 0.9 - 0.05 - large_psi]
-            return cc.DisparityReport(["small", "large"], [0.9, 0.9], sparse, [20, 200], 0.9, 0.85, tolerance=0.02)
-
-        train, test = report(0.85).to_dict(), report(0.85).to_dict()
+        sparse = [0.9 - 0.05 - small_psi, 0.9 - 0.05 - large_psi]
+        report = cc.DisparityReport(["small", "large"], [0.9, 0.9], sparse, [20, 200], 0.9, 0.85, tolerance=0.02)
+        train, test = report.to_dict(), report.to_dict()
         test["overall"]["sparse_accuracy"] = test_acc
         return {
             "config": {"sparsity": 0.9, "method": method, "seed": seed, "tolerance": 0.02},

@@ -7,7 +7,6 @@ Everything is ``index_add`` on the input's device: no Python loop over groups, n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -231,10 +230,6 @@ def binomial_cdf(k: torch.Tensor, n: torch.Tensor, p: float) -> torch.Tensor:
     terms = (k + 1).clamp(min=0).to(torch.int64)
     owner = torch.repeat_interleave(torch.arange(terms.numel()), terms)
     j = (torch.arange(owner.numel()) - (torch.cumsum(terms, 0) - terms)[owner]).to(torch.float64)
-    trials = n[owner]
-    log_pmf = (
-        torch.lgamma(trials + 1) - torch.lgamma(j + 1) - torch.lgamma(trials - j + 1)
-        + j * math.log(p) + (trials - j) * math.log1p(-p)
-    )  # fmt: skip
-    cdf = torch.zeros(terms.numel(), dtype=torch.float64).index_add_(0, owner, torch.exp(log_pmf))
+    pmf = torch.distributions.Binomial(n[owner], probs=torch.tensor(p, dtype=torch.float64)).log_prob(j).exp()
+    cdf = torch.zeros(terms.numel(), dtype=torch.float64).index_add_(0, owner, pmf)
     return torch.where(k >= n, 1.0, cdf.clamp(max=1.0)).reshape(shape)
