@@ -6,7 +6,7 @@ import pytest
 import torch
 from naive_reference import NaiveBuffers, naive_ceag_strict
 
-from ceag_cooper import CEAG, GroupMetrics, NonFiniteError
+from ceag_cooper import CEAG, GroupMetrics, NonFiniteError, build_optimizer
 
 # Dense reference: group accuracies 0.9 / 0.8 / 0.6, shares 0.5 / 0.3 / 0.2, so the
 # whole-data dense accuracy is 0.45 + 0.24 + 0.12 = 0.81 and the loss 0.15 + 0.15 + 0.18 = 0.48.
@@ -230,6 +230,42 @@ def test_per_group_tolerances_from_group_sizes_by_hand():
     state = two.compute_cmp_state(logits=logits_for(BATCH_CORRECT), targets=torch.zeros(6, dtype=torch.long),
                                   group_ids=torch.tensor(BATCH_IDS))  # fmt: skip
     assert state.misc["strict_violation"].shape == (6,)
+
+
+def one_dual_step(problem, ids, correct, dual_lr=0.1):
+    """The multipliers after one dual step (SGD) from 0, and the multiplier side's strict violation."""
+    optimizer = build_optimizer(problem, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0), dual_lr=dual_lr)
+    kwargs = {"logits": logits_for(correct), "targets": torch.zeros(len(ids), dtype=torch.long),
+              "group_ids": torch.tensor(ids, dtype=torch.long)}  # fmt: skip
+    rollout = optimizer.roll(compute_cmp_state_kwargs=kwargs)
+    return problem.multiplier_values.tolist(), rollout.cmp_state.misc["strict_violation"].tolist()
+
+
+def test_share_scaled_dual_steps_by_hand():
+    """Issue #15: with dual_step_scale='share', group g's multiplier moves by dual_lr * n_g / mean(n) * violation."""
+    # every group violates: g0 and g1 all wrong, g2 all right, so the overall gap sits between them
+    ids, correct = [0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 1, 1]
+    uniform = CEAG(reference=REFERENCE, tolerance=0.0, buffer_size=None)
+    share = CEAG(reference=REFERENCE, tolerance=0.0, buffer_size=None, dual_step_scale="share")
+    lam_uniform, violation_uniform = one_dual_step(uniform, ids, correct)
+    lam_share, violation_share = one_dual_step(share, ids, correct)
+    assert violation_share == violation_uniform  # the reported violation is the constraint's, unscaled
+    counts = [50.0, 30.0, 20.0]  # independent: sizes over their mean, times the plain projected step
+    expected = [max(0.0, 0.1 * n / (sum(counts) / 3) * v) for n, v in zip(counts, violation_uniform, strict=True)]
+    assert lam_share == pytest.approx(expected, abs=1e-7)
+    assert lam_uniform == pytest.approx([max(0.0, 0.1 * v) for v in violation_uniform], abs=1e-7)
+    assert lam_share[0] > lam_uniform[0] > 0  # negative control: the largest group moves faster than uniformly
+    assert sum(lam_share) == pytest.approx(sum(lam_uniform), abs=0.05)  # factors average 1
+    assert share.config()["dual_step_scale"] == "share"
+    assert cc_two_sided(dual_step_scale="share").dual_step_weights().tolist() == pytest.approx([1.5, 0.9, 0.6] * 2)
+    assert uniform.dual_step_weights() is None
+    with pytest.raises(ValueError, match="'uniform' or 'share'"):
+        CEAG(reference=REFERENCE, dual_step_scale="size")
+    old = uniform.state_dict()  # a checkpoint written before the option: read as uniform steps
+    old["config"].pop("dual_step_scale")
+    CEAG(reference=REFERENCE, tolerance=0.0, buffer_size=None).load_state_dict(old)
+    with pytest.raises(ValueError, match="config"):
+        share.load_state_dict(old)
 
 
 def cc_two_sided(**options):

@@ -293,7 +293,8 @@ def test_many_group_options_reach_the_problem_and_keep_old_names(tmp_path):
     """Issue #15: dual_lr='auto', per-group tolerances and fitted buffers from the config and the CLI."""
     from ceag_cooper.experiments.finetuning import _check_same_run, make_problem
 
-    config = ExperimentConfig(**TINY, method="ceag", resolution_z=1.0, fit_buffers_to_groups=True, dual_lr="auto")
+    config = ExperimentConfig(**TINY, method="ceag", resolution_z=1.0, fit_buffers_to_groups=True, dual_lr="auto",
+                              dual_step_scale="share")  # fmt: skip
     assert config.run_name() != ExperimentConfig(**TINY, method="ceag").run_name()
     # (that old values leave names as they were is test_benchmark_runner's committed-cells check)
     task = load_task(config)
@@ -304,13 +305,14 @@ def test_many_group_options_reach_the_problem_and_keep_old_names(tmp_path):
     reference = evaluate_groups(model, task.train.batches(512), groups=task.spec)
     problem = make_problem(config, reference, 0)
     assert problem.resolution_z == 1.0
+    assert problem.dual_step_scale == "share"
     assert problem.buffers.group_capacity is not None
     result = run_experiment(ExperimentConfig.from_dict({**config.__dict__, "output_dir": str(tmp_path)}),
                             task=task, progress=False)  # fmt: skip
     assert result["log"][-1]["multipliers"]
     # a checkpoint written before these fields existed resumes when they hold their old values
     old = {k: v for k, v in dataclasses.asdict(ExperimentConfig(**TINY)).items()
-           if k not in ("resolution_z", "fit_buffers_to_groups")}  # fmt: skip
+           if k not in ("resolution_z", "fit_buffers_to_groups", "dual_step_scale")}  # fmt: skip
     _check_same_run(tmp_path / "x.pt", {"data": "d", "config": old},
                     {"data": "d", "config": dataclasses.asdict(ExperimentConfig(**TINY))})  # fmt: skip
     with pytest.raises(SystemExit):

@@ -54,6 +54,7 @@ _FINETUNE_FIELDS = {
     "fit_buffers_to_groups",
     "iterate_min_count",
     "pruning",
+    "dual_step_scale",
 }
 _HELP = {
     "task": "utkface, fairface, adult, omniglot, cifar100 or synthetic",
@@ -84,6 +85,7 @@ _HELP = {
     "resolution_z": "CEAG: per-group tolerance eps + z * SE_g from each group's size (0: one eps for all)",
     "iterate_min_count": "with --final-iterate feasible_best: judge max psi over groups with >= this many samples",
     "fit_buffers_to_groups": "CEAG: a group smaller than buffer_size gets a buffer of its size",
+    "dual_step_scale": "CEAG: uniform (one multiplier step for all groups) or share (in proportion to group size)",
     "pruning": "unstructured (weight magnitudes, the paper) or channel (whole channels via torch-pruning; "
     "--sparsity is then the fraction of channels)",
     "device": "where models train and are evaluated: cpu, cuda, cuda:1, mps (not part of the run name)",

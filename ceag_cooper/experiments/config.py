@@ -91,6 +91,9 @@ class ExperimentConfig:
     """CEAG's per-group tolerances ``eps + z * SE_g`` (``CEAG(resolution_z=...)``); 0: one eps."""
     fit_buffers_to_groups: bool = False
     """CEAG: groups smaller than ``buffer_size`` get buffers of their size (``CEAG(fit_buffers_to_groups=...)``)."""
+    dual_step_scale: str = "uniform"
+    """CEAG: ``"uniform"`` (one multiplier step for every group) or ``"share"`` (steps in proportion to group
+    size, ``CEAG(dual_step_scale=...)``)."""
     el_form: str = "paper"
     """Equalized loss: ``"paper"`` (the official code's ``|L_g - L| = 0``, the default here) or ``"signed"``
     (``L_g - L = 0``, ``EqualizedLoss``'s own default)."""
@@ -146,6 +149,7 @@ class ExperimentConfig:
             "final_iterate": ("last", "feasible_best"),
             "el_form": ("signed", "paper"),
             "pruning": ("unstructured", "channel"),
+            "dual_step_scale": ("uniform", "share"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

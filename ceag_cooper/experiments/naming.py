@@ -36,6 +36,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "fit_buffers_to_groups": False,
     "pruning": "unstructured",
     "iterate_min_count": 0,
+    "dual_step_scale": "uniform",
 }
 """Config fields added after runs were committed, with the value those runs had: at that value a
 field is left out of :func:`run_name` (their names and result files stay valid), and a checkpoint

@@ -72,6 +72,7 @@ def _ceag_options(config: ExperimentConfig, reference: GroupMetrics, start: int)
     return {
         "reference": reference, "tolerance": config.tolerance, "margin": config.margin, "start_step": start,
         "resolution_z": config.resolution_z, "fit_buffers_to_groups": config.fit_buffers_to_groups,
+        "dual_step_scale": config.dual_step_scale,
     }  # fmt: skip
 
 

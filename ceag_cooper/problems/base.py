@@ -156,6 +156,16 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
     def update_estimates(self, stats: BatchStatistics) -> None:
         """Called once per batch before the violation hooks (e.g. to feed replay buffers)."""
 
+    def dual_step_weights(self) -> torch.Tensor | None:
+        """``(C,)`` positive factors on each constraint's multiplier step, or ``None`` (every factor 1).
+
+        They multiply the strict violation that Cooper's dual step ascends along, and nothing else:
+        plain SGD then moves multiplier ``c`` by ``dual_lr * weight_c * strict_violation_c`` (a diagonal
+        preconditioner of the dual step), while the model step, ``misc["strict_violation"]`` and the
+        constraints themselves (a multiplier stops where its violation is 0) are unchanged.
+        """
+        return None
+
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable violations for the model step.
 
@@ -273,10 +283,11 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         if self.check_finite:
             check_finite(strict_violation, f"the strict violation at {self.step_label(-1)}")
         misc.update(strict_violation=strict_violation, observed=strict_observed)
+        step_weights = self.dual_step_weights()
         state = cooper.ConstraintState(
             violation=violation,
             constraint_features=self._indices,
-            strict_violation=strict_violation,
+            strict_violation=strict_violation if step_weights is None else strict_violation * step_weights.to(dtype),
             strict_constraint_features=self._indices,
         )
         return cooper.CMPState(loss=stats.loss, observed_constraints={self.fairness: state}, misc=misc)

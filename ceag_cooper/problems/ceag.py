@@ -16,9 +16,11 @@ from ceag_cooper.problems.buffers import ReplayBufferStore
 if TYPE_CHECKING:  # annotations only: no runtime dependency
     from typing_extensions import Unpack
 
-__all__ = ["CEAG", "OverallMode", "TwoSidedCEAG"]
+__all__ = ["CEAG", "DualStepScale", "OverallMode", "TwoSidedCEAG"]
 
 OverallMode = Literal["population", "balanced"]
+DualStepScale = Literal["uniform", "share"]
+"""How CEAG's multiplier steps differ between groups: one step for all, or one in proportion to group size."""
 
 
 class CEAG(GroupFairnessProblem):
@@ -78,7 +80,9 @@ class CEAG(GroupFairnessProblem):
             :attr:`DisparityReport.standard_error`). A group whose accuracy the data cannot resolve
             to within ε then gets a looser bound instead of a multiplier driven by noise. Default 0
             (one ε for every group, the paper). Reports still check the plain ε.
-        overall: ``"population"`` (default) or ``"balanced"`` (see above).
+        dual_step_scale: ``"uniform"`` (default, the paper): one multiplier step size for every group.
+            ``"share"``: group ``g``'s step is multiplied by :math:`n_g / \bar n`, its size over the mean
+            group size in the data the multiplier step sees (mean factor 1), see :meth:`dual_step_weights`.
         detach_overall: no gradient through the proxy's overall term (see above); default
             ``False``, the paper's proxy.
         **options: :class:`ProblemOptions` (``loss_fn``, ``start_step``, ``device``, ``heldout``,
@@ -99,7 +103,11 @@ class CEAG(GroupFairnessProblem):
     """
 
     requires_reference: ClassVar[bool] = True
-    config_added: ClassVar[dict[str, Any]] = {"resolution_z": 0.0, "fit_buffers_to_groups": False}
+    config_added: ClassVar[dict[str, Any]] = {
+        "resolution_z": 0.0,
+        "fit_buffers_to_groups": False,
+        "dual_step_scale": "uniform",
+    }
 
     def __init__(
         self,
@@ -112,6 +120,7 @@ class CEAG(GroupFairnessProblem):
         resolution_z: float = 0.0,
         overall: OverallMode = "population",
         detach_overall: bool = False,
+        dual_step_scale: DualStepScale = "uniform",
         **options: Unpack[ProblemOptions],
     ) -> None:
         if options.get("heldout") is not None and options.get("heldout_reference") is None:
@@ -144,6 +153,10 @@ class CEAG(GroupFairnessProblem):
             raise ValueError(f"`overall` must be 'population' or 'balanced', got {overall!r}.")
         if not isinstance(detach_overall, bool):
             raise TypeError(f"`detach_overall` must be a bool, got {type(detach_overall).__name__}.")
+        if dual_step_scale not in ("uniform", "share"):
+            raise ValueError(f"`dual_step_scale` must be 'uniform' or 'share', got {dual_step_scale!r}.")
+        self.dual_step_scale = dual_step_scale
+        self._step_weights: torch.Tensor | None = None  # derived from the reference, on first use per device
         self.buffer_size = buffer_size
         self.overall = overall
         self.detach_overall = detach_overall
@@ -195,6 +208,26 @@ class CEAG(GroupFairnessProblem):
             ref.group_accuracy, ref.group_count.clamp(min=1)
         )
 
+    def dual_step_weights(self) -> torch.Tensor | None:
+        r"""``(G,)`` :math:`n_g / \bar n` with ``dual_step_scale="share"``; ``None`` (one step for all) otherwise.
+
+        Why in proportion to size: in the model step, multiplier :math:`\lambda_g` weighs the group's
+        *mean* loss next to the overall mean loss, in which the group already counts with its share
+        :math:`n_g / N`; re-weighting a group by the same factor therefore takes a multiplier in
+        proportion to its size. With one step for every group, a group ten times the size of another
+        needs ten times as many violated steps before its multiplier matters as much, while the smallest
+        groups, whose estimates are the noisiest, gain weight fastest. With these factors every
+        :math:`\lambda_g / n_g` moves at the same rate, and when every group violates alike the sum of
+        the multipliers grows as with one step (the factors average 1), so ``dual_lr="auto"`` keeps its
+        meaning. Sizes are those of the data the multiplier step sees (:attr:`strict_reference`).
+        """
+        if self.dual_step_scale == "uniform":
+            return None
+        if self._step_weights is None or self._step_weights.device != self.device:  # a constant: once
+            counts = self.strict_reference.group_count
+            self._step_weights = counts / counts.mean()
+        return self._step_weights
+
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy excess gaps of the present groups, minus the enforced target."""
         return self.proxy_gaps(stats) - self.group_target, stats.present
@@ -237,6 +270,7 @@ class CEAG(GroupFairnessProblem):
             "overall": self.overall,
             "resolution_z": self.resolution_z,
             "fit_buffers_to_groups": self.fit_buffers_to_groups,
+            "dual_step_scale": self.dual_step_scale,
         }
 
 
@@ -260,6 +294,11 @@ class TwoSidedCEAG(CEAG):
     def num_constraints(self) -> int:
         """Two constraints per group."""
         return 2 * self.num_groups
+
+    def dual_step_weights(self) -> torch.Tensor | None:
+        """:meth:`CEAG.dual_step_weights` for both sides of each group."""
+        weights = super().dual_step_weights()
+        return weights.repeat(2) if weights is not None else None
 
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi~ - eps, -psi~ - eps]`` on the present groups."""
