@@ -11,7 +11,7 @@ eval pass), :mod:`~ceag_cooper.problems.options` (the shared options),
 
 from ceag_cooper.problems.base import ConstraintEstimate, GroupFairnessProblem, ProblemOptions
 from ceag_cooper.problems.buffers import ReplayBufferStore, TensorState
-from ceag_cooper.problems.ceag import CEAG, OverallMode, TwoSidedCEAG
+from ceag_cooper.problems.ceag import CEAG, DualStepScale, OverallMode, TwoSidedCEAG
 from ceag_cooper.problems.equalized_loss import EqualizedLoss
 from ceag_cooper.problems.statistics import BatchStatistics
 from ceag_cooper.problems.unconstrained import NaiveFineTuning, Unconstrained
@@ -20,6 +20,7 @@ __all__ = [
     "CEAG",
     "BatchStatistics",
     "ConstraintEstimate",
+    "DualStepScale",
     "EqualizedLoss",
     "GroupFairnessProblem",
     "NaiveFineTuning",
