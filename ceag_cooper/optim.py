@@ -32,7 +32,8 @@ def build_optimizer(
     With ``dual_optimizer="sgd"`` (default, as the paper) the multipliers are updated by plain
     projected gradient ascent (``torch.optim.SGD`` with ``maximize=True``, no momentum), so that
     one step is exactly ``lambda <- relu(lambda + dual_lr * strict_violation)`` for observed
-    constraints and leaves unobserved ones unchanged.
+    constraints (times the problem's :meth:`~ceag_cooper.problems.base.GroupFairnessProblem.dual_step_weights`
+    where it has them, e.g. ``CEAG(dual_step_scale="share")``) and leaves unobserved ones unchanged.
 
     ``dual_optimizer="nupi"`` uses Cooper's :class:`cooper.optim.nuPI`, the PI controller of
     Sohrabi et al. (ICML 2024): with :math:`K_I = 1`, ``proportional_gain`` :math:`= K_P` and
@@ -53,7 +54,8 @@ def build_optimizer(
     ``dual_weight_decay`` (either optimizer; with ``"sgd"`` it runs as nuPI with :math:`K_P = 0`, which
     is SGD, since torch's SGD cannot decay a maximized parameter) pulls every observed multiplier
     towards 0 by ``dual_lr * dual_weight_decay * lambda`` per step: a
-    multiplier then stays bounded by ``max_violation / dual_weight_decay`` (a "resilient"
+    multiplier then stays bounded by ``max_violation / dual_weight_decay`` (times its step weight where
+    the problem scales its steps; a "resilient"
     constraint; a group whose estimate is pure noise cannot accumulate an ever-growing multiplier).
 
     With plain SGD (no decay) the problem's multiplier is switched to a dense gradient (the same

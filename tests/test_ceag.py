@@ -232,33 +232,41 @@ def test_per_group_tolerances_from_group_sizes_by_hand():
     assert state.misc["strict_violation"].shape == (6,)
 
 
-def one_dual_step(problem, ids, correct, dual_lr=0.1):
-    """The multipliers after one dual step (SGD) from 0, and the multiplier side's strict violation."""
+def one_dual_step(problem, ids, correct, dual_lr=0.1, start=1.0):
+    """One dual step (SGD) from multipliers at ``start``: the multipliers, and the rollout's two violations."""
     optimizer = build_optimizer(problem, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0), dual_lr=dual_lr)
+    problem.fairness.multiplier.weight.data.fill_(start)  # away from 0: steps down are not clipped
     kwargs = {"logits": logits_for(correct), "targets": torch.zeros(len(ids), dtype=torch.long),
               "group_ids": torch.tensor(ids, dtype=torch.long)}  # fmt: skip
-    rollout = optimizer.roll(compute_cmp_state_kwargs=kwargs)
-    return problem.multiplier_values.tolist(), rollout.cmp_state.misc["strict_violation"].tolist()
+    state = optimizer.roll(compute_cmp_state_kwargs=kwargs).cmp_state
+    proxy = state.observed_constraints[problem.fairness].violation
+    return problem.multiplier_values.tolist(), state.misc["strict_violation"].tolist(), proxy.tolist()
 
 
 def test_share_scaled_dual_steps_by_hand():
     """Issue #15: with dual_step_scale='share', group g's multiplier moves by dual_lr * n_g / mean(n) * violation."""
-    # every group violates: g0 and g1 all wrong, g2 all right, so the overall gap sits between them
+    # g0, g1 all wrong and g2 all right: batch accuracy 2/6, so the overall gap is 0.81 - 1/3 = 0.47667 and the
+    # accuracy excess gaps (eps = 0) are 0.9 - 0 - 0.47667, 0.8 - 0 - 0.47667 and 0.6 - 1 - 0.47667
     ids, correct = [0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 1, 1]
+    gaps = [0.9 - 0.47667, 0.8 - 0.47667, 0.6 - 1.0 - 0.47667]
+    factors = [50 / (100 / 3), 30 / (100 / 3), 20 / (100 / 3)]  # sizes over their mean: 1.5, 0.9, 0.6
     uniform = CEAG(reference=REFERENCE, tolerance=0.0, buffer_size=None)
     share = CEAG(reference=REFERENCE, tolerance=0.0, buffer_size=None, dual_step_scale="share")
-    lam_uniform, violation_uniform = one_dual_step(uniform, ids, correct)
-    lam_share, violation_share = one_dual_step(share, ids, correct)
-    assert violation_share == violation_uniform  # the reported violation is the constraint's, unscaled
-    counts = [50.0, 30.0, 20.0]  # independent: sizes over their mean, times the plain projected step
-    expected = [max(0.0, 0.1 * n / (sum(counts) / 3) * v) for n, v in zip(counts, violation_uniform, strict=True)]
-    assert lam_share == pytest.approx(expected, abs=1e-7)
-    assert lam_uniform == pytest.approx([max(0.0, 0.1 * v) for v in violation_uniform], abs=1e-7)
-    assert lam_share[0] > lam_uniform[0] > 0  # negative control: the largest group moves faster than uniformly
-    assert sum(lam_share) == pytest.approx(sum(lam_uniform), abs=0.05)  # factors average 1
+    lam_uniform, strict_uniform, proxy_uniform = one_dual_step(uniform, ids, correct)
+    lam_share, strict_share, proxy_share = one_dual_step(share, ids, correct)
+    assert lam_uniform == pytest.approx([1 + 0.1 * v for v in gaps], abs=1e-5)
+    assert lam_share == pytest.approx([1 + 0.1 * f * v for f, v in zip(factors, gaps, strict=True)], abs=1e-5)
+    # only the dual step changes: the reported violation and the model step's proxy are the same
+    assert strict_share == pytest.approx(gaps, abs=1e-5)
+    assert strict_share == strict_uniform
+    assert proxy_share == proxy_uniform
     assert share.config()["dual_step_scale"] == "share"
     assert cc_two_sided(dual_step_scale="share").dual_step_weights().tolist() == pytest.approx([1.5, 0.9, 0.6] * 2)
     assert uniform.dual_step_weights() is None
+    integer_counts = GroupMetrics(**{**REFERENCE.state_dict(), "group_count": torch.tensor([50, 30, 20])})
+    assert CEAG(reference=integer_counts, dual_step_scale="share").dual_step_weights().tolist() == pytest.approx(
+        factors
+    )
     with pytest.raises(ValueError, match="'uniform' or 'share'"):
         CEAG(reference=REFERENCE, dual_step_scale="size")
     old = uniform.state_dict()  # a checkpoint written before the option: read as uniform steps

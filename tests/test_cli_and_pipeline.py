@@ -317,6 +317,9 @@ def test_many_group_options_reach_the_problem_and_keep_old_names(tmp_path):
                     {"data": "d", "config": dataclasses.asdict(ExperimentConfig(**TINY))})  # fmt: skip
     with pytest.raises(SystemExit):
         main(["prune", "--dual-lr", "fast", "--output-dir", str(tmp_path)])
+    from ceag_cooper.experiments.cli import build_parser
+
+    assert build_parser().parse_args(["prune", "--dual-step-scale", "share"]).dual_step_scale == "share"
 
 
 def tiny_user_model(*, num_classes, input_shape):

@@ -80,9 +80,10 @@ class CEAG(GroupFairnessProblem):
             :attr:`DisparityReport.standard_error`). A group whose accuracy the data cannot resolve
             to within ε then gets a looser bound instead of a multiplier driven by noise. Default 0
             (one ε for every group, the paper). Reports still check the plain ε.
+        overall: ``"population"`` (default) or ``"balanced"`` (see above).
         dual_step_scale: ``"uniform"`` (default, the paper): one multiplier step size for every group.
             ``"share"``: group ``g``'s step is multiplied by :math:`n_g / \bar n`, its size over the mean
-            group size in the data the multiplier step sees (mean factor 1), see :meth:`dual_step_weights`.
+            group size in the reference (the training data; mean factor 1), see :meth:`dual_step_weights`.
         detach_overall: no gradient through the proxy's overall term (see above); default
             ``False``, the paper's proxy.
         **options: :class:`ProblemOptions` (``loss_fn``, ``start_step``, ``device``, ``heldout``,
@@ -212,19 +213,22 @@ class CEAG(GroupFairnessProblem):
         r"""``(G,)`` :math:`n_g / \bar n` with ``dual_step_scale="share"``; ``None`` (one step for all) otherwise.
 
         Why in proportion to size: in the model step, multiplier :math:`\lambda_g` weighs the group's
-        *mean* loss next to the overall mean loss, in which the group already counts with its share
-        :math:`n_g / N`; re-weighting a group by the same factor therefore takes a multiplier in
-        proportion to its size. With one step for every group, a group ten times the size of another
-        needs ten times as many violated steps before its multiplier matters as much, while the smallest
-        groups, whose estimates are the noisiest, gain weight fastest. With these factors every
-        :math:`\lambda_g / n_g` moves at the same rate, and when every group violates alike the sum of
-        the multipliers grows as with one step (the factors average 1), so ``dual_lr="auto"`` keeps its
-        meaning. Sizes are those of the data the multiplier step sees (:attr:`strict_reference`).
+        *mean* loss next to the overall mean loss of the training batch, in which the group already counts
+        with its share :math:`n_g / N`; re-weighting a group by the same factor therefore takes a
+        multiplier in proportion to its size. With one step for every group, a group ten times the size
+        of another needs ten times as many violated steps before its multiplier matters as much, while
+        the smallest groups, whose estimates are the noisiest, gain weight fastest. With these factors
+        :math:`\lambda_g / n_g` moves by ``dual_lr`` :math:`\cdot\, \hat\psi_g / \bar n` per step, the same
+        rate for every group at the same violation, and when every group violates alike the sum of the
+        multipliers grows as with one step (the factors average 1), so ``dual_lr="auto"`` keeps its
+        meaning. Sizes are those of :attr:`reference` (the training data the model step sees, also when
+        the multiplier side is estimated on held-out data). With ``dual_weight_decay=d`` the decay is not
+        scaled, so group ``g``'s multiplier is bounded by :math:`(n_g / \bar n)` ``* max_violation / d``.
         """
         if self.dual_step_scale == "uniform":
             return None
         if self._step_weights is None or self._step_weights.device != self.device:  # a constant: once
-            counts = self.strict_reference.group_count
+            counts = self.reference.group_count.double()  # every group has samples (checked at construction)
             self._step_weights = counts / counts.mean()
         return self._step_weights
 
