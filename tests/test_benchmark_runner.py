@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import ceag_cooper as cc
@@ -825,3 +826,25 @@ def test_issue_15_targets_judge_large_groups_and_pair_seeds_with_nft():
     assert f"with probability {100 * large:.1f}% " in readme_results._chance_line(payload, 100)
     assert f"with probability {100 * large * small:.1f}% " in readme_results._chance_line(payload, 0)
     assert (f"{100 * large:.1f}", f"{100 * large * small:.1f}") == ("92.2", "67.8")
+
+
+def test_churn_null_without_gains_is_feasible_by_chances_null_and_gains_widen_it():
+    """benchmarks/churn.py's null model: at gained = 0 the exact binomial of feasible_by_chance (an independent
+    computation); gaining samples at the same net gap makes max psi <= eps rarer (negative control)."""
+    churn = load_module("churn")
+    counts = np.array([101, 153, 229, 397, 641] * 6)  # off the lattice: no psi lands exactly on eps
+    gap, eps = 0.0317, 0.02
+    report = cc.DisparityReport(
+        [f"g{i}" for i in range(counts.size)], [0.9] * counts.size, [0.9 - gap] * counts.size, counts.tolist(),
+        0.9, 0.9 - gap, tolerance=eps,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    loss_only = churn.churn_null_max_psi(counts, lost=gap, gained=0.0, draws=40_000, rng=rng)
+    assert (loss_only <= eps).mean() == pytest.approx(report.feasible_by_chance(), abs=0.006)  # ~3 Monte Carlo SEs
+    with_gains = churn.churn_null_max_psi(counts, lost=gap + 0.02, gained=0.02, draws=40_000, rng=rng)
+    assert (with_gains <= eps).mean() < 0.7 * (loss_only <= eps).mean()
+    assert np.median(with_gains) > np.median(loss_only)
+    one = churn.churn_null_max_psi(np.array([200]), lost=0.06, gained=0.02, draws=200_000, rng=rng)
+    assert one.mean() == pytest.approx(0.0, abs=3e-4)  # psi is centred on the net gap
+    variance = (0.06 * 0.94 + 0.02 * 0.98) / 200  # Var(lost - gained) / n^2 for two independent binomials
+    assert one.var() == pytest.approx(variance, rel=0.02)
