@@ -13,7 +13,7 @@ the results' reports describe (the same model where the returned iterate is the 
 Needs the cells' checkpoints and dense models (``benchmarks/runs/<folder>/checkpoints``, ``dense``; git ignores
 them: they exist where the cells ran) and the data set (``CEAG_DATA_DIR``)::
 
-    python benchmarks/churn.py --runs benchmarks/runs/select_utk_many_groups_long   # ~3 min on 2 cores
+    python benchmarks/churn.py --runs benchmarks/runs/select_utk_many_groups_long   # ~2 min on 2 cores
 """
 
 from __future__ import annotations
