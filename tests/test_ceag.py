@@ -263,6 +263,9 @@ def test_share_scaled_dual_steps_by_hand():
     assert share.config()["dual_step_scale"] == "share"
     assert cc_two_sided(dual_step_scale="share").dual_step_weights().tolist() == pytest.approx([1.5, 0.9, 0.6] * 2)
     assert uniform.dual_step_weights() is None
+    # one tensor for the run, in the multipliers' dtype: no allocation or cast per step
+    assert share.dual_step_weights() is share.dual_step_weights()
+    assert share.dual_step_weights().dtype == share.fairness.multiplier.weight.dtype
     integer_counts = GroupMetrics(**{**REFERENCE.state_dict(), "group_count": torch.tensor([50, 30, 20])})
     assert CEAG(reference=integer_counts, dual_step_scale="share").dual_step_weights().tolist() == pytest.approx(
         factors

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from ceag_cooper._validation import check_non_negative_float
 from ceag_cooper.experiments.naming import LEGACY_PROTOCOL, run_name
 from ceag_cooper.experiments.registry import get_method
+from ceag_cooper.problems import DualStepScale
 from ceag_cooper.pruning import check_sparsity
 
 __all__ = ["DENSE_FIELDS", "HELDOUT_FRACTION", "LEGACY_PROTOCOL", "VALIDATION_SEED", "ExperimentConfig"]
@@ -149,7 +150,7 @@ class ExperimentConfig:
             "final_iterate": ("last", "feasible_best"),
             "el_form": ("signed", "paper"),
             "pruning": ("unstructured", "channel"),
-            "dual_step_scale": ("uniform", "share"),
+            "dual_step_scale": get_args(DualStepScale),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

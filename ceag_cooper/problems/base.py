@@ -157,12 +157,14 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         """Called once per batch before the violation hooks (e.g. to feed replay buffers)."""
 
     def dual_step_weights(self) -> torch.Tensor | None:
-        """``(C,)`` positive factors on each constraint's multiplier step, or ``None`` (every factor 1).
+        """``(C,)`` non-negative factors on each constraint's multiplier step, or ``None`` (every factor 1).
 
         They multiply the strict violation that Cooper's dual step ascends along, and nothing else:
         plain SGD then moves multiplier ``c`` by ``dual_lr * weight_c * strict_violation_c`` (a diagonal
-        preconditioner of the dual step), while the model step, ``misc["strict_violation"]`` and the
-        constraints themselves (a multiplier stops where its violation is 0) are unchanged.
+        preconditioner of the dual step; nuPI's proportional term is scaled too, its weight decay is not),
+        while the model step, ``misc["strict_violation"]`` and the constraints themselves (without decay,
+        a multiplier stops growing where its violation is 0) are unchanged. Called every step: return a
+        cached tensor in the multiplier's dtype (see ``CEAG.dual_step_weights``).
         """
         return None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import torch
 
@@ -154,10 +154,10 @@ class CEAG(GroupFairnessProblem):
             raise ValueError(f"`overall` must be 'population' or 'balanced', got {overall!r}.")
         if not isinstance(detach_overall, bool):
             raise TypeError(f"`detach_overall` must be a bool, got {type(detach_overall).__name__}.")
-        if dual_step_scale not in ("uniform", "share"):
+        if dual_step_scale not in get_args(DualStepScale):
             raise ValueError(f"`dual_step_scale` must be 'uniform' or 'share', got {dual_step_scale!r}.")
         self.dual_step_scale = dual_step_scale
-        self._step_weights: torch.Tensor | None = None  # derived from the reference, on first use per device
+        self._step_weights: torch.Tensor | None = None  # (C,), from the reference, on first use per device
         self.buffer_size = buffer_size
         self.overall = overall
         self.detach_overall = detach_overall
@@ -210,7 +210,7 @@ class CEAG(GroupFairnessProblem):
         )
 
     def dual_step_weights(self) -> torch.Tensor | None:
-        r"""``(G,)`` :math:`n_g / \bar n` with ``dual_step_scale="share"``; ``None`` (one step for all) otherwise.
+        r"""``(C,)`` per-constraint :math:`n_g / \bar n` with ``dual_step_scale="share"``; else ``None`` (one step).
 
         Why in proportion to size: in the model step, multiplier :math:`\lambda_g` weighs the group's
         *mean* loss next to the overall mean loss of the training batch, in which the group already counts
@@ -229,8 +229,14 @@ class CEAG(GroupFairnessProblem):
             return None
         if self._step_weights is None or self._step_weights.device != self.device:  # a constant: once
             counts = self.reference.group_count.double()  # every group has samples (checked at construction)
-            self._step_weights = counts / counts.mean()
+            dtype = self.fairness.multiplier.weight.dtype  # the strict violation's: no cast per step
+            self._step_weights = self._per_constraint(counts / counts.mean()).to(dtype)
         return self._step_weights
+
+    @staticmethod
+    def _per_constraint(per_group: torch.Tensor | float) -> torch.Tensor | float:
+        """A per-group value laid out as the constraints are (one per group here)."""
+        return per_group
 
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy excess gaps of the present groups, minus the enforced target."""
@@ -299,21 +305,17 @@ class TwoSidedCEAG(CEAG):
         """Two constraints per group."""
         return 2 * self.num_groups
 
-    def dual_step_weights(self) -> torch.Tensor | None:
-        """:meth:`CEAG.dual_step_weights` for both sides of each group."""
-        weights = super().dual_step_weights()
-        return weights.repeat(2) if weights is not None else None
-
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi~ - eps, -psi~ - eps]`` on the present groups."""
         gaps = self.proxy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self._both_sides(self.group_target), stats.present.repeat(2)
+        return torch.cat([gaps, -gaps]) - self._per_constraint(self.group_target), stats.present.repeat(2)
 
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi^ - eps, -psi^ - eps]`` on the observed groups."""
         gaps, observed = self.excess_accuracy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self._both_sides(self.group_target), observed.repeat(2)
+        return torch.cat([gaps, -gaps]) - self._per_constraint(self.group_target), observed.repeat(2)
 
     @staticmethod
-    def _both_sides(target: torch.Tensor | float) -> torch.Tensor | float:
+    def _per_constraint(target: torch.Tensor | float) -> torch.Tensor | float:
+        """Both sides of each group: rows ``0..G-1`` and ``G..2G-1``."""
         return target.repeat(2) if isinstance(target, torch.Tensor) else target
