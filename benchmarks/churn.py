@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceag_cooper.experiments import ExperimentConfig, load_task
 from ceag_cooper.experiments.dense import build_model, train_dense
 from ceag_cooper.experiments.provenance import code_version, machine, weights_digest
+from ceag_cooper.metrics import predict_groups
+from ceag_cooper.metrics.functional import group_sums
 
 __all__ = ["cell_churn", "group_churn", "main", "null_max_psi"]
 
@@ -71,23 +73,15 @@ def group_churn(
     dense_correct: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, num_groups: int
 ) -> dict[str, torch.Tensor]:
     """Per group: ``count``, ``dense_errors``, ``lost`` (dense right, sparse wrong) and ``gained`` (the reverse)."""
-
-    def per_group(mask: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(group_ids, mask.double(), minlength=num_groups)
-
-    return {
-        "count": torch.bincount(group_ids, minlength=num_groups).double(),
-        "dense_errors": per_group(~dense_correct),
-        "lost": per_group(dense_correct & ~correct),
-        "gained": per_group(~dense_correct & correct),
-    }
+    flags = torch.stack([~dense_correct, dense_correct & ~correct, ~dense_correct & correct], dim=1)
+    sums, counts = group_sums(flags.double(), group_ids, num_groups)
+    return {"count": counts, "dense_errors": sums[:, 0], "lost": sums[:, 1], "gained": sums[:, 2]}
 
 
-def _correct(model: torch.nn.Module, data: Any) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        predictions = [model(data.inputs[i : i + 512]).argmax(1) for i in range(0, len(data), 512)]
-    return torch.cat(predictions) == data.targets
+def _correct(model: torch.nn.Module, task: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which training samples ``model`` gets right (eval mode, in order), and their group ids."""
+    predictions = predict_groups(model, task.train.batches(512), groups=task.spec)
+    return torch.from_numpy(predictions["y_pred"] == predictions["y_true"]), torch.from_numpy(predictions["group_id"])
 
 
 def cell_churn(results: dict[str, Any], runs: Path, *, min_count: int, draws: int, cache: dict) -> dict[str, Any]:
@@ -99,16 +93,13 @@ def cell_churn(results: dict[str, Any], runs: Path, *, min_count: int, draws: in
         dense, _, _ = train_dense(config, task, progress=False)
         if weights_digest(dense) != results["dense_weights"]:
             raise RuntimeError(f"{results['run']}: the dense model found is not the one the cell started from.")
-        cache[key] = task, _correct(dense, task.train)
+        cache[key] = task, _correct(dense, task)[0]
     task, dense_correct = cache[key]
     model = build_model(config, task)
     checkpoint = torch.load(runs / "checkpoints" / f"{results['run']}.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["model"])
-    ids = task.spec.group_ids(task.train.attributes)
-    churn = {
-        k: v.numpy()
-        for k, v in group_churn(dense_correct, _correct(model, task.train), ids, task.spec.num_groups).items()
-    }
+    correct, ids = _correct(model, task)
+    churn = {k: v.numpy() for k, v in group_churn(dense_correct, correct, ids, task.spec.num_groups).items()}
     total = churn["count"].sum()
     lost, gained = churn["lost"].sum() / total, churn["gained"].sum() / total
     judged = churn["count"] >= max(min_count, 1)
