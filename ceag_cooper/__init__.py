@@ -20,6 +20,7 @@ from ceag_cooper.optim import build_optimizer
 from ceag_cooper.problems import (
     CEAG,
     BatchStatistics,
+    Distillation,
     EqualizedLoss,
     GroupFairnessProblem,
     TwoSidedCEAG,
@@ -34,6 +35,7 @@ __all__ = [
     "CEAG",
     "BatchStatistics",
     "DisparityReport",
+    "Distillation",
     "EqualizedLoss",
     "FeasibilityMonitor",
     "GradualSchedule",

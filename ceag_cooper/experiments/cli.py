@@ -55,6 +55,8 @@ _FINETUNE_FIELDS = {
     "iterate_min_count",
     "pruning",
     "dual_step_scale",
+    "distill_weight",
+    "distill_temperature",
 }
 _HELP = {
     "task": "utkface, fairface, adult, omniglot, cifar100 or synthetic",
@@ -86,6 +88,9 @@ _HELP = {
     "iterate_min_count": "with --final-iterate feasible_best: judge max psi over groups with >= this many samples",
     "fit_buffers_to_groups": "CEAG: a group smaller than buffer_size gets a buffer of its size",
     "dual_step_scale": "CEAG: uniform (one multiplier step for all groups) or share (in proportion to group size)",
+    "distill_weight": "every method: weight in [0, 1] of distillation from the dense model in the model step's "
+    "loss (0: none)",
+    "distill_temperature": "softmax temperature of that distillation",
     "pruning": "unstructured (weight magnitudes, the paper) or channel (whole channels via torch-pruning; "
     "--sparsity is then the fraction of channels)",
     "device": "where models train and are evaluated: cpu, cuda, cuda:1, mps (not part of the run name)",

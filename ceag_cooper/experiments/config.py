@@ -95,6 +95,12 @@ class ExperimentConfig:
     dual_step_scale: str = "uniform"
     """CEAG: ``"uniform"`` (one multiplier step for every group) or ``"share"`` (steps in proportion to group
     size, ``CEAG(dual_step_scale=...)``)."""
+    distill_weight: float = 0.0
+    """Every method: the weight in ``[0, 1]`` of distillation from the dense model in the model step's loss
+    (``distillation=Distillation(dense, weight=..., temperature=...)``); 0: none (one extra forward per step
+    otherwise)."""
+    distill_temperature: float = 2.0
+    """The distillation's softmax temperature (used only with ``distill_weight > 0``)."""
     el_form: str = "paper"
     """Equalized loss: ``"paper"`` (the official code's ``|L_g - L| = 0``, the default here) or ``"signed"``
     (``L_g - L = 0``, ``EqualizedLoss``'s own default)."""
@@ -138,6 +144,16 @@ class ExperimentConfig:
         self._check_schedule_reaches_finetuning()
         check_non_negative_float(self.margin, "margin")
         check_non_negative_float(self.resolution_z, "resolution_z")
+        numbers = (self.distill_weight, self.distill_temperature)
+        if (
+            any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers)
+            or not 0 <= self.distill_weight <= 1
+            or not 0 < self.distill_temperature < math.inf
+        ):
+            raise ValueError(
+                f"`distill_weight` must be in [0, 1] and `distill_temperature` a finite number > 0, got "
+                f"{self.distill_weight!r} and {self.distill_temperature!r}."
+            )
         if (
             isinstance(self.iterate_min_count, bool)
             or not isinstance(self.iterate_min_count, int)

@@ -21,7 +21,7 @@ from ceag_cooper.experiments.tasks import Task, data_fingerprint, heldout_split
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.metrics import DisparityReport, GroupMetrics, GroupMetricsAccumulator, evaluate_groups
 from ceag_cooper.optim import build_optimizer
-from ceag_cooper.problems import GroupFairnessProblem
+from ceag_cooper.problems import Distillation, GroupFairnessProblem
 from ceag_cooper.progress import progress_bar
 from ceag_cooper.pruning import ChannelPruner, GradualSchedule, MagnitudePruner, MaskEngine, recalibrate_batchnorm
 from ceag_cooper.selection import FeasibilityMonitor, IterateSelector
@@ -36,15 +36,23 @@ def make_problem(
     heldout: tuple[Any, GroupMetrics] | None = None,
     *,
     spec: GroupSpec | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> GroupFairnessProblem:
     """The Cooper problem of ``config.method``, built by its registry entry.
 
     ``heldout``: the held-out batches and their dense reference; ``spec`` turns the held-out
-    batches' attributes into group ids (checked against the references by the problem).
+    batches' attributes into group ids (checked against the references by the problem);
+    ``teacher``: the dense model, on the run's device (needed when ``config.distill_weight > 0``).
     """
     options: dict[str, Any] = {}
     if heldout is not None:
         options = {"heldout": heldout[0], "heldout_reference": heldout[1], "heldout_spec": spec}
+    if config.distill_weight > 0:
+        if teacher is None:
+            raise ValueError("`distill_weight > 0` distills the dense model: pass make_problem(..., teacher=dense).")
+        options["distillation"] = Distillation(
+            teacher, weight=config.distill_weight, temperature=config.distill_temperature
+        )
     return get_method(config.method).make_problem(config, reference, start_step, options)
 
 
@@ -143,7 +151,9 @@ def finetune(
         pruner = MagnitudePruner(model, schedule=schedule, prune_last_linear=config.model == "mlp")
     # Pruning updates at the start of epochs 0 .. prune_epochs - 1; the last one starts mitigation.
     start = 0 if config.mitigate_during_pruning else (config.prune_epochs - 1) * steps_per_epoch
-    problem = make_problem(config, reference, start, heldout[:2] if heldout is not None else None, spec=task.spec)
+    teacher = copy.deepcopy(dense).to(device).eval() if config.distill_weight > 0 else None
+    held = heldout[:2] if heldout is not None else None
+    problem = make_problem(config, reference, start, held, spec=task.spec, teacher=teacher)
     policy = iterate_policy(config, problem)
     primal = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     pruner.attach(primal)

@@ -37,6 +37,8 @@ ADDED_FIELDS: dict[str, Any] = {
     "pruning": "unstructured",
     "iterate_min_count": 0,
     "dual_step_scale": "uniform",
+    "distill_weight": 0.0,
+    "distill_temperature": 2.0,
 }
 """Config fields added after runs were committed, with the value those runs had: at that value a
 field is left out of :func:`run_name` (their names and result files stay valid), and a checkpoint

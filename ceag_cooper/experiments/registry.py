@@ -22,7 +22,8 @@ __all__ = ["METHODS", "Method", "ProblemFactory", "get_method", "register_method
 
 ProblemFactory = Callable[["ExperimentConfig", "GroupMetrics", int, dict[str, Any]], GroupFairnessProblem]
 """``factory(config, reference, start_step, options) -> problem``; ``options`` are the
-:class:`~ceag_cooper.problems.ProblemOptions` the run adds (held-out batches and reference)."""
+:class:`~ceag_cooper.problems.ProblemOptions` the run adds (held-out batches and reference, the
+dense model's `distillation`): every factory passes on the ones its problem can use."""
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,16 @@ def _ceag_options(config: ExperimentConfig, reference: GroupMetrics, start: int)
 
 
 def _nft(config: ExperimentConfig, reference: GroupMetrics, start: int, options: dict[str, Any]) -> Unconstrained:
-    return Unconstrained(num_groups=reference.num_groups)
+    return Unconstrained(num_groups=reference.num_groups, distillation=options.get("distillation"))
 
 
 def _el(buffered: bool) -> ProblemFactory:
     def factory(config: ExperimentConfig, reference: GroupMetrics, start: int, options: dict[str, Any]) -> Any:
         buffer = config.buffer_size if buffered else None
-        estimate = config.constraint_estimate
         return EqualizedLoss(
-            reference=reference, buffer_size=buffer, start_step=start, form=config.el_form, constraint_estimate=estimate
-        )
+            reference=reference, buffer_size=buffer, start_step=start, form=config.el_form,
+            constraint_estimate=config.constraint_estimate, distillation=options.get("distillation"),
+        )  # fmt: skip
 
     return factory
 

@@ -20,7 +20,8 @@ from ceag_cooper.metrics.evaluation import call_model
 from ceag_cooper.metrics.functional import LossFn
 from ceag_cooper.metrics.group_metrics import GroupMetrics
 from ceag_cooper.problems import sync
-from ceag_cooper.problems.estimates import HeldoutBatches, multiplier_statistics
+from ceag_cooper.problems.distillation import Distillation
+from ceag_cooper.problems.estimates import HeldoutBatches, eval_logits, multiplier_statistics
 from ceag_cooper.problems.multiplier import GroupMultiplier
 from ceag_cooper.problems.options import ConstraintEstimate, ProblemOptions, check_options
 from ceag_cooper.problems.state import RegisteredState
@@ -76,6 +77,10 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             report (eval mode on the unaugmented data), at the cost of one forward pass per step.
             The model step always uses the training pass's differentiable proxy. Requires calling
             with ``model`` and ``inputs``. Held-out estimation (``heldout=``) is always eval mode.
+        distillation: a :class:`~ceag_cooper.problems.distillation.Distillation` (teacher, weight,
+            temperature): the model step's per-sample loss mixes in the teacher's outputs on the same
+            inputs (one extra no-grad forward per step), so that the sparse model keeps its dense
+            model's predictions; accuracies and everything built on them are unchanged.
 
     These options are :class:`ProblemOptions`: every subclass takes them as ``**options`` and
     forwards them here, so they are written (and documented) once.
@@ -100,7 +105,7 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
 
     constraint_type: ClassVar[cooper.ConstraintType | None] = cooper.ConstraintType.INEQUALITY
     requires_reference: ClassVar[bool] = False
-    config_added: ClassVar[dict[str, Any]] = {}
+    config_added: ClassVar[dict[str, Any]] = {"distillation": None}
     """:meth:`config` keys added after checkpoints were already written, with the value a checkpoint
     without the key implies (the old behaviour): :meth:`load_state_dict` reads them in, so older
     checkpoints keep loading while ``config()`` always says everything."""
@@ -119,6 +124,7 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         heldout_reference: GroupMetrics | None = None,
         heldout_spec: GroupSpec | None = None,
         constraint_estimate: ConstraintEstimate = "train",
+        distillation: Distillation | None = None,
     ) -> None:
         super().__init__()
         num_groups = check_options(
@@ -132,6 +138,12 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         self.constraint_estimate = constraint_estimate
         self.reference = reference.to(self.device) if reference is not None else None
         self.loss_fn = loss_fn
+        if distillation is not None and not isinstance(distillation, Distillation):
+            raise TypeError(
+                f"`distillation` must be a Distillation(teacher, weight=..., temperature=...), "
+                f"got {type(distillation).__name__}."
+            )
+        self.distillation = distillation
         self.start_step = start_step
         self.num_steps = 0
         self.check_finite = check_finite
@@ -209,14 +221,16 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         """The dense statistics the multiplier side compares with (held-out ones if given)."""
         return self.heldout_reference if self._heldout is not None else self.reference
 
-    def batch_statistics(self, logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor) -> BatchStatistics:
-        """Per-group loss and accuracy of one batch (vectorized, differentiable loss)."""
+    def batch_statistics(
+        self, logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor, *, loss_fn: LossFn | None = None
+    ) -> BatchStatistics:
+        """Per-group loss and accuracy of one batch (vectorized, differentiable; ``loss_fn``: default the problem's)."""
         group_ids = check_group_ids(group_ids, self.num_groups)
         check_same_device(group_ids, self.device, "group_ids")
         if group_ids.dim() == 2 and not self._ids_checked:  # once: a host read, off the hot path after
             self._ids_checked = True
             warn_if_attributes(group_ids)
-        return batch_statistics(logits, targets, group_ids, self.num_groups, self.loss_fn)
+        return batch_statistics(logits, targets, group_ids, self.num_groups, loss_fn or self.loss_fn)
 
     def compute_cmp_state(
         self,
@@ -227,6 +241,7 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
         *,
         logits: torch.Tensor | None = None,
         estimate_inputs: Any = None,
+        teacher_logits: torch.Tensor | None = None,
     ) -> cooper.CMPState:
         """Loss and constraint states of one batch.
 
@@ -240,6 +255,8 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             estimate_inputs: with ``constraint_estimate="eval"``, the unaugmented version of
                 ``inputs`` (same samples, same order) that the eval-mode estimate evaluates;
                 default ``inputs``.
+            teacher_logits: with ``distillation=``, the teacher's outputs on this batch, instead of
+                calling the teacher on ``inputs`` (e.g. with precomputed ``logits``).
 
         Returns:
             A :class:`cooper.CMPState`; ``misc["stats"]`` holds the :class:`BatchStatistics`,
@@ -251,8 +268,11 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             logits = call_model(model, inputs)
         if targets is None or group_ids is None:
             raise ValueError("`targets` and `group_ids` are required.")
+        loss_fn = self._model_step_loss(inputs, teacher_logits)
         step = self.step_label()
-        stats = distributed.run_together(lambda: self.batch_statistics(logits, targets, group_ids), step)
+        stats = distributed.run_together(
+            lambda: self.batch_statistics(logits, targets, group_ids, loss_fn=loss_fn), step
+        )
         if self.skip_nonfinite and sync.any_rank_nonfinite(stats.loss):
             # No loss and no constraint: Cooper computes no gradient, and torch optimizers skip
             # parameters without gradients, so neither the model nor the multipliers move.
@@ -265,6 +285,24 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             sync.synchronize_once(self)
             dual_stats = gather_batch_statistics(dual_stats, self.num_groups)
         return self._constraint_state(stats, dual_stats)
+
+    def _model_step_loss(self, inputs: Any, teacher_logits: torch.Tensor | None) -> LossFn | None:
+        """The per-sample loss of the model step: the problem's, or with ``distillation`` that of this batch."""
+        if self.distillation is None:
+            if teacher_logits is not None:
+                raise ValueError(
+                    "`teacher_logits` were given, but the problem has no `distillation=` option to use them: "
+                    "construct it with distillation=Distillation(teacher, ...) or drop `teacher_logits`."
+                )
+            return self.loss_fn
+        if teacher_logits is None:
+            if inputs is None:
+                raise ValueError(
+                    "distillation calls the teacher on the batch: call compute_cmp_state with `model` and "
+                    "`inputs`, or pass the teacher's outputs as `teacher_logits`."
+                )
+            teacher_logits = eval_logits(self.distillation.teacher, inputs)
+        return self.distillation.loss_fn(teacher_logits, self.loss_fn)
 
     def _constraint_state(self, stats: BatchStatistics, global_stats: BatchStatistics) -> cooper.CMPState:
         """Feed the estimates, then the Cooper state from the local (proxy) and all-rank (strict) statistics."""
@@ -310,4 +348,5 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
             "num_constraints": self.num_constraints() if self.constraint_type is not None else 0,
             "start_step": self.start_step,
             "constraint_estimate": self.constraint_estimate,
+            "distillation": self.distillation.config() if self.distillation is not None else None,
         }

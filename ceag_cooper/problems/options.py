@@ -10,6 +10,7 @@ import torch
 from ceag_cooper.groups import GroupSpec
 from ceag_cooper.metrics.functional import LossFn
 from ceag_cooper.metrics.group_metrics import GroupMetrics
+from ceag_cooper.problems.distillation import Distillation
 
 __all__ = ["ConstraintEstimate", "ProblemOptions", "check_heldout_references", "check_options", "check_reference"]
 
@@ -34,6 +35,7 @@ class ProblemOptions(TypedDict, total=False):
     heldout_reference: GroupMetrics | None
     heldout_spec: GroupSpec | None
     constraint_estimate: ConstraintEstimate
+    distillation: Distillation | None
 
 
 def check_options(
