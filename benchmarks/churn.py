@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceag_cooper.experiments import ExperimentConfig, load_task
 from ceag_cooper.experiments.dense import build_model, train_dense
+from ceag_cooper.experiments.naming import ADDED_FIELDS
 from ceag_cooper.experiments.provenance import code_version, machine, weights_digest
 from ceag_cooper.metrics import predict_groups
 from ceag_cooper.metrics.functional import group_sums
@@ -113,7 +114,7 @@ def cell_churn(results: dict[str, Any], runs: Path, *, min_count: int, draws: in
         "run": results["run"],
         "method": config.method,
         "settings": {k: results["config"][k] for k in ("dual_lr", "buffer_size", "constraint_estimate")}
-        | {"dual_step_scale": results["config"].get("dual_step_scale", "uniform")},
+        | {k: results["config"].get(k, ADDED_FIELDS[k]) for k in ("dual_step_scale", "distill_weight")},
         "seed": config.seed,
         "groups_judged": int(judged.sum()),
         "lost": float(lost),
