@@ -165,7 +165,14 @@ GRIDS: dict[str, dict[str, Any]] = {
         # eps on the fitted part of a validation seed, and none did (select_protocol_utk_many_groups_long.md).
         "selection": "many_groups_utk_long",
         "judged_min_count": 100,
-        "selected": UTK_MANY_GROUPS_CHOICE,  # select_protocol_utk_many_groups_long.md
+        # Round 4's distillation took the choice by the tie-break (validation max psi), not by meeting eps.
+        "selected": {
+            "ceag_detach_overall": {
+                **UTK_MANY_GROUPS_CHOICE["ceag_detach_overall"],
+                "distill_weight": 0.5,
+                "distill_temperature": 3.0,
+            }
+        },  # select_protocol_utk_many_groups_long.md
         "base": {**UTK_MANY_GROUPS_12EP, "finetune_epochs": 16},
         "sparsities": (0.9,),
         "methods": ("nft", "ceag_detach_overall"),
