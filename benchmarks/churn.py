@@ -7,8 +7,9 @@ selection) folder, re-evaluates each cell's last-epoch checkpoint and its dense 
 data (the fitted part for validation cells), and reports per cell: the lost and gained rates, the max ψ over the
 groups of at least ``--min-count`` samples, and two null models' median max ψ and chance of max ψ ≤ ε: the
 loss-only one at Δ (``feasible_by_chance``'s; simulated here) and one that also gains at the measured rate, among
-each group's dense errors (:func:`null_max_psi`). These are the last epochs' models, not the returned iterates
-the results' reports describe (the same model where the returned iterate is the last epoch).
+each group's dense errors (both :func:`ceag_cooper.metrics.churn.null_max_psi`). These are the last epochs' models,
+not the returned iterates the results' reports describe (the same model where the returned iterate is the last
+epoch).
 
 Needs the cells' checkpoints and dense models (``benchmarks/runs/<folder>/checkpoints``, ``dense``; git ignores
 them: they exist where the cells ran) and the data set (``CEAG_DATA_DIR``)::
@@ -34,49 +35,9 @@ from ceag_cooper.experiments.dense import build_model, train_dense
 from ceag_cooper.experiments.naming import ADDED_FIELDS
 from ceag_cooper.experiments.provenance import code_version, machine, weights_digest
 from ceag_cooper.metrics import predict_groups
-from ceag_cooper.metrics.functional import group_sums
+from ceag_cooper.metrics.churn import group_churn, null_max_psi
 
-__all__ = ["cell_churn", "group_churn", "main", "null_max_psi"]
-
-
-def null_max_psi(
-    counts: np.ndarray,
-    *,
-    gap: float,
-    gained: float = 0.0,
-    dense_errors: np.ndarray | None = None,
-    draws: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """``(draws,)`` max ψ over groups of a model without disparate impact: ψ_g centred on 0 in every group.
-
-    ``gap`` is the net overall gap Δ (lost - gained, as fractions of all samples) and ``gained`` the overall
-    rate of gained samples. Without ``dense_errors``, group g loses Bin(n_g, Δ + gained) and gains
-    Bin(n_g, gained) samples (with ``gained = 0``: ``DisparityReport.feasible_by_chance``'s null). With
-    ``dense_errors`` (the dense model's errors per group, e_g), only those can be gained and only the others
-    lost: gained ~ Bin(e_g, q_g) with q_g = min(gained / (e_g / n_g), 1), lost ~ Bin(n_g - e_g, p_g) with p_g
-    set so that the expected net loss is n_g Δ (so E[ψ_g] = 0), clipped to [0, 1].
-    """
-    shape = (draws, counts.size)
-    if dense_errors is None:
-        lost_g = rng.binomial(counts, gap + gained, size=shape)
-        gained_g = rng.binomial(counts, gained, size=shape) if gained > 0 else 0
-    else:
-        errors, right = dense_errors, counts - dense_errors
-        share = np.divide(gained * counts, errors, out=np.zeros(counts.size), where=errors > 0)
-        q = np.minimum(share, 1.0)
-        p = np.clip(np.divide(gap * counts + errors * q, right, out=np.zeros(counts.size), where=right > 0), 0, 1)
-        lost_g, gained_g = rng.binomial(right, p, size=shape), rng.binomial(errors, q, size=shape)
-    return ((lost_g - gained_g) / counts - gap).max(axis=1)
-
-
-def group_churn(
-    dense_correct: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, num_groups: int
-) -> dict[str, torch.Tensor]:
-    """Per group: ``count``, ``dense_errors``, ``lost`` (dense right, sparse wrong) and ``gained`` (the reverse)."""
-    flags = torch.stack([~dense_correct, dense_correct & ~correct, ~dense_correct & correct], dim=1)
-    sums, counts = group_sums(flags.double(), group_ids, num_groups)
-    return {"count": counts, "dense_errors": sums[:, 0], "lost": sums[:, 1], "gained": sums[:, 2]}
+__all__ = ["cell_churn", "main"]
 
 
 def _correct(model: torch.nn.Module, task: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
 Layers, bottom up: :mod:`~ceag_cooper.metrics.functional` (differentiable reductions of one
 batch), :mod:`~ceag_cooper.metrics.group_metrics` (per-group accuracy and loss of a model on a
 data set, and their streaming accumulator), :mod:`~ceag_cooper.metrics.evaluation` (a model over a
-loader), :mod:`~ceag_cooper.metrics.report` (dense vs sparse: the paper's ψ_g and Ψ_PW) and
+loader), :mod:`~ceag_cooper.metrics.report` (dense vs sparse: the paper's ψ_g and Ψ_PW),
+:mod:`~ceag_cooper.metrics.churn` (the samples a pruned model flips, and the max ψ flipping alone leaves) and
 :mod:`~ceag_cooper.metrics.plots` (its figures, readable at hundreds of groups).
 """
 

@@ -197,9 +197,10 @@ class DisparityReport:
 
         The value is optimistic for a pruned model: such a model also *gains* samples the dense model
         got wrong, so its groups' changes are two-sided and spread wider than a loss-only null at the
-        net gap (a report holds accuracies, not which samples changed). ``benchmarks/churn.py`` measures
-        both from the models: on UTKFace's 90 groups (held-out selection, last epochs) the pruned models
-        lost 3.3-7.3% of the training samples and gained 1.5-1.7%, and the chance fell from 0.2-21%
+        net gap (a report holds accuracies, not which samples changed). :mod:`ceag_cooper.metrics.churn`
+        simulates both from the two models' per-sample correctness: on UTKFace's 90 groups (held-out
+        selection, last epochs, without distillation; ``benchmarks/churn.py``) the pruned models lost
+        3.3-7.3% of the training samples and gained 1.5-1.7%, and the chance fell from 0.2-21%
         (loss-only, as here) to 0.02-0.8% (with those gains).
 
         Args:

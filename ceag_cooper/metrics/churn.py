@@ -1,0 +1,102 @@
+"""Which samples a pruned model flips against its dense model, and the max ψ that flipping alone leaves.
+
+:meth:`DisparityReport.feasible_by_chance` judges ε against a null model that only *loses* samples,
+at the net overall gap Δ, from accuracies alone. A pruned model also *gains* samples its dense model
+got wrong, and ψ_g's sampling spread grows with the total churn (lost + gained), not with the net
+gap. With both models' per-sample correctness, :func:`group_churn` counts each group's flips and
+:func:`null_max_psi` simulates the max ψ of a model *without* disparate impact that flips at those
+rates: if it rarely meets ε, neither will an honest constrained model (issue #15's UTKFace
+measurements, ``benchmarks/churn.py``).
+
+Example:
+    >>> import numpy as np, torch
+    >>> from ceag_cooper.metrics.churn import group_churn, null_max_psi
+    >>> dense = torch.tensor([True, True, False, True, True, False])
+    >>> sparse = torch.tensor([True, False, True, True, False, False])
+    >>> flips = group_churn(dense, sparse, torch.tensor([0, 0, 0, 1, 1, 1]), num_groups=2)
+    >>> flips["lost"].tolist(), flips["gained"].tolist(), flips["dense_errors"].tolist()
+    ([1.0, 1.0], [1.0, 0.0], [1.0, 1.0])
+    >>> counts = np.array([300, 500])
+    >>> null = null_max_psi(counts, gap=0.03, gained=0.015, draws=10_000, rng=np.random.default_rng(0))
+    >>> bool(0.0 < np.median(null) < 0.05)
+    True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ceag_cooper.metrics.functional import group_sums
+
+__all__ = ["group_churn", "null_max_psi"]
+
+
+def group_churn(
+    dense_correct: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, num_groups: int
+) -> dict[str, torch.Tensor]:
+    """Per group: ``count``, ``dense_errors``, ``lost`` (dense right, sparse wrong) and ``gained`` (the reverse).
+
+    Args:
+        dense_correct: ``(N,)`` bool, whether the dense model gets each sample right.
+        correct: ``(N,)`` bool, the same for the pruned model, on the same samples in the same order.
+        group_ids: ``(N,)`` or ``(N, M)`` group ids (as everywhere in :mod:`ceag_cooper.metrics`).
+        num_groups: ``G``.
+
+    Returns:
+        ``(G,)`` float64 tensors. The net loss ``lost - gained`` over ``count`` is the group's accuracy
+        gap Δ_g, so ψ_g is that minus the overall net loss rate (what a :class:`DisparityReport` of the
+        two models' accuracies says), but the two counts say how much of it is churn.
+    """
+    dense_correct, correct = dense_correct.bool(), correct.bool()
+    if dense_correct.shape != correct.shape or dense_correct.dim() != 1:
+        raise ValueError(
+            f"`dense_correct` and `correct` must be (N,) flags of the same samples, got shapes "
+            f"{tuple(dense_correct.shape)} and {tuple(correct.shape)}."
+        )
+    flags = torch.stack([~dense_correct, dense_correct & ~correct, ~dense_correct & correct], dim=1)
+    sums, counts = group_sums(flags.double(), group_ids, num_groups)
+    return {"count": counts, "dense_errors": sums[:, 0], "lost": sums[:, 1], "gained": sums[:, 2]}
+
+
+def null_max_psi(
+    counts: np.ndarray,
+    *,
+    gap: float,
+    gained: float = 0.0,
+    dense_errors: np.ndarray | None = None,
+    draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``(draws,)`` max ψ over groups of a model without disparate impact: ψ_g centred on 0 in every group.
+
+    Args:
+        counts: ``(G,)`` group sizes (the groups to judge, e.g. those with at least 100 samples).
+        gap: the net overall gap Δ (lost minus gained, as a fraction of all samples).
+        gained: the overall rate of gained samples (0: a loss-only null, the one
+            :meth:`DisparityReport.feasible_by_chance` computes exactly).
+        dense_errors: ``(G,)`` the dense model's errors per group, e_g. Without it, group g loses
+            Bin(n_g, Δ + gained) and gains Bin(n_g, gained) samples. With it, only those errors can be
+            gained and only the other samples lost: gained ~ Bin(e_g, q_g) with
+            q_g = min(gained / (e_g / n_g), 1), lost ~ Bin(n_g - e_g, p_g) with p_g set so that the
+            expected net loss is n_g Δ (so E[ψ_g] = 0), clipped to [0, 1].
+        draws: number of simulated models.
+        rng: the numpy generator to draw from.
+
+    Returns:
+        Each draw's max ψ over the groups, as a fraction. ``(null <= eps).mean()`` is the chance that
+        such a model meets ε by luck; a model's own max ψ ranks among the draws as its percentile.
+    """
+    counts = np.asarray(counts)
+    shape = (draws, counts.size)
+    if dense_errors is None:
+        lost_g = rng.binomial(counts, gap + gained, size=shape)
+        gained_g = rng.binomial(counts, gained, size=shape) if gained > 0 else 0
+    else:
+        errors = np.asarray(dense_errors)
+        right = counts - errors
+        share = np.divide(gained * counts, errors, out=np.zeros(counts.size), where=errors > 0)
+        q = np.minimum(share, 1.0)
+        p = np.clip(np.divide(gap * counts + errors * q, right, out=np.zeros(counts.size), where=right > 0), 0, 1)
+        lost_g, gained_g = rng.binomial(right, p, size=shape), rng.binomial(errors, q, size=shape)
+    return ((lost_g - gained_g) / counts - gap).max(axis=1)
