@@ -52,7 +52,6 @@ def test_soft_term_vanishes_and_has_no_gradient_at_the_teacher():
     assert student.grad.abs().max() < 1e-6
     # and the teacher's outputs are constants: no gradient flows into them
     teacher = teacher.clone().requires_grad_(True)
-    distillation_loss(student.detach() + 1.0, teacher, torch.tensor([0, 1]), weight=1.0, temperature=3.0).sum()
     assert not distillation_loss(student.detach(), teacher, torch.tensor([0, 1]), weight=1.0,
                                  temperature=3.0).requires_grad  # fmt: skip
 
@@ -85,8 +84,11 @@ def test_problem_option_mixes_the_eval_mode_teacher_into_the_model_step_only(kin
         "el": lambda **o: EqualizedLoss(reference=REFERENCE, **o),
     }[kind]
     x, y, ids = batch()
+    calls = []  # how the teacher is called: grad mode and training flag at its forward
+    teacher.register_forward_hook(lambda module, *_: calls.append((torch.is_grad_enabled(), module.training)))
     plain = make().compute_cmp_state(student, x, y, ids)
     distilled = make(distillation=option).compute_cmp_state(student, x, y, ids)
+    assert calls == [(False, False)]  # once, without gradient, in eval mode
     with torch.no_grad():
         teacher.eval()
         expected = distillation_loss(student(x), teacher.linear(x), y, weight=0.7, temperature=2.0)
@@ -95,7 +97,6 @@ def test_problem_option_mixes_the_eval_mode_teacher_into_the_model_step_only(kin
     torch.testing.assert_close(stats.per_sample_loss, expected)
     torch.testing.assert_close(stats.loss, expected.mean())
     assert teacher.training  # its mode is restored
-    assert all(p.grad is None for p in teacher.parameters())
     # accuracies (what CEAG's multiplier step and the reports read) are unchanged
     assert torch.equal(stats.per_sample_correct, plain_stats.per_sample_correct)
     if kind == "ceag":
@@ -104,6 +105,31 @@ def test_problem_option_mixes_the_eval_mode_teacher_into_the_model_step_only(kin
             distilled.observed_constraints[next(iter(distilled.observed_constraints))].violation,
             plain.observed_constraints[next(iter(plain.observed_constraints))].violation,
         )  # the proxies are built from the distilled per-group losses
+
+
+@pytest.mark.parametrize("estimate", ["train", "eval"])
+def test_equalized_loss_multiplier_step_reads_distilled_losses_only_on_the_training_pass(estimate):
+    """As EqualizedLoss's docstring says: "train" estimates see the distilled loss, "eval" ones the plain loss."""
+    teacher, student = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    x, y, ids = batch(2)
+    option = Distillation(teacher, weight=0.8, temperature=2.0)
+    plain = EqualizedLoss(reference=REFERENCE, constraint_estimate=estimate).compute_cmp_state(student, x, y, ids)
+    distilled = EqualizedLoss(reference=REFERENCE, constraint_estimate=estimate, distillation=option)
+    distilled = distilled.compute_cmp_state(student, x, y, ids)
+    same = torch.allclose(distilled.misc["strict_violation"], plain.misc["strict_violation"])
+    assert same == (estimate == "eval")
+
+
+def test_masked_teacher_classes_and_wrong_devices():
+    """A class the teacher rules out (logit -inf) contributes 0, not nan; a teacher elsewhere is a clear error."""
+    teacher = torch.tensor([[2.0, -math.inf, 0.0]])
+    loss = distillation_loss(torch.tensor([[1.0, 0.5, 0.0]]), teacher, torch.tensor([0]), weight=1.0, temperature=1.0)
+    q = torch.tensor([2.0, 0.0]).softmax(0)
+    p = torch.tensor([1.0, 0.5, 0.0]).log_softmax(0)[[0, 2]]
+    torch.testing.assert_close(loss, (q * (q.log() - p)).sum().reshape(1))
+    with pytest.raises(ValueError, match="device"):
+        distillation_loss(torch.zeros(1, 3), torch.zeros(1, 3, device="meta"), torch.tensor([0]), weight=0.5,
+                          temperature=1.0)  # fmt: skip
 
 
 def test_precomputed_teacher_logits_and_clear_errors():
@@ -187,12 +213,20 @@ def test_distillation_keeps_the_dense_models_predictions_where_plain_finetuning_
     assert distilled.mean() - plain.mean() > 0.01, (plain, distilled)
 
 
-def test_experiment_config_distills_the_dense_model_for_every_method(tmp_path):
+def test_experiment_config_distills_the_dense_model_for_every_method(tmp_path, monkeypatch):
     """``ExperimentConfig(distill_weight=...)`` (``--distill-weight``) reaches every method's problem; a real run."""
     from tiny_experiment import TINY
 
     from ceag_cooper import evaluate_groups
-    from ceag_cooper.experiments import ExperimentConfig, load_task, make_problem, run_experiment
+    from ceag_cooper.experiments import (
+        METHODS,
+        ExperimentConfig,
+        finetuning,
+        get_method,
+        load_task,
+        make_problem,
+        run_experiment,
+    )
     from ceag_cooper.experiments.cli import build_parser
 
     config = ExperimentConfig(**TINY, method="nft", distill_weight=0.5, distill_temperature=3.0)
@@ -200,9 +234,10 @@ def test_experiment_config_distills_the_dense_model_for_every_method(tmp_path):
     task = load_task(config)
     dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(task.train.inputs[0].numel(), 3))
     reference = evaluate_groups(dense, task.train.batches(512), groups=task.spec)
-    for method in ("nft", "el_rb", "ceag", "ceag_detach_overall"):
-        problem = make_problem(dataclasses.replace(config, method=method), reference, 0, teacher=dense)
-        assert problem.distillation.teacher is dense
+    for method in METHODS:  # every registered method's factory passes the option on
+        held = (list(task.train.batches(64)), reference) if get_method(method).uses_heldout else None
+        problem = make_problem(dataclasses.replace(config, method=method), reference, 0, held, teacher=dense)
+        assert problem.distillation.teacher is dense, method
         assert problem.config()["distillation"] == {"weight": 0.5, "temperature": 3.0}
     assert make_problem(ExperimentConfig(**TINY), reference, 0, teacher=dense).distillation is None
     with pytest.raises(ValueError, match="teacher=dense"):
@@ -212,7 +247,34 @@ def test_experiment_config_distills_the_dense_model_for_every_method(tmp_path):
             ExperimentConfig(**TINY, **bad)
     arguments = build_parser().parse_args(["prune", "--distill-weight", "0.9", "--distill-temperature", "4"])
     assert (arguments.distill_weight, arguments.distill_temperature) == (0.9, 4.0)
+    teachers = []  # the pipeline's teacher is the dense model, not the model being pruned (negative control)
+    original = finetuning.make_problem
+    monkeypatch.setattr(finetuning, "make_problem", lambda *a, **k: teachers.append(k["teacher"]) or original(*a, **k))
     result = run_experiment(dataclasses.replace(config, method="ceag", output_dir=str(tmp_path)), task=task,
                             progress=False)  # fmt: skip
     assert result["config"]["distill_weight"] == 0.5
     assert all(math.isfinite(entry["train_loss_running"]) for entry in result["log"])
+    weights = torch.cat([p.detach().flatten() for p in teachers[0].parameters()])
+    assert (weights == 0).float().mean() < 0.01  # the run pruned its model to 90% zeros; the teacher is intact
+    assert not teachers[0].training
+    # run names: the temperature changes nothing without distillation, and 1 and 1.0 are one setting
+    assert ExperimentConfig(**TINY, distill_temperature=5.0).run_name() == ExperimentConfig(**TINY).run_name()
+    assert (
+        ExperimentConfig(**TINY, distill_weight=1).run_name() == ExperimentConfig(**TINY, distill_weight=1.0).run_name()
+    )
+
+
+def test_a_subclass_with_its_own_added_keys_still_reads_checkpoints_from_before_distillation():
+    """config_added counts over the class hierarchy: a user's subclass need not repeat its bases' keys."""
+
+    class Custom(Unconstrained):
+        config_added = {"smoothing": 0.0}  # noqa: RUF012 - as a user would write it
+
+        def config(self):
+            return {**super().config(), "smoothing": 0.0}
+
+    old = Custom(num_groups=2).state_dict()
+    del old["config"]["distillation"], old["config"]["smoothing"]
+    Custom(num_groups=2).load_state_dict(old)
+    with pytest.raises(ValueError, match="config"):
+        Custom(num_groups=2, distillation=Distillation(torch.nn.Linear(4, 3))).load_state_dict(old)

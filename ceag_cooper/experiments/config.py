@@ -154,6 +154,7 @@ class ExperimentConfig:
                 f"`distill_weight` must be in [0, 1] and `distill_temperature` a finite number > 0, got "
                 f"{self.distill_weight!r} and {self.distill_temperature!r}."
             )
+        self.distill_weight, self.distill_temperature = float(self.distill_weight), float(self.distill_temperature)
         if (
             isinstance(self.iterate_min_count, bool)
             or not isinstance(self.iterate_min_count, int)

@@ -196,7 +196,10 @@ def finetune(
                 kwargs["estimate_inputs"] = clean
             rollout = optimizer.roll(compute_cmp_state_kwargs=kwargs)
             stats = rollout.cmp_state.misc["stats"]
-            running.update_from_values(stats.per_sample_loss.detach(), stats.per_sample_correct, stats.group_ids)
+            loss = stats.per_sample_loss.detach()
+            if problem.distillation is not None:  # the log's training loss stays cross-entropy, comparable
+                loss = torch.nn.functional.cross_entropy(stats.logits.detach(), kwargs["targets"], reduction="none")
+            running.update_from_values(loss, stats.per_sample_correct, stats.group_ids)
         seconds = time.perf_counter() - started
         violation = rollout.cmp_state.misc.get("strict_violation")
         if monitor is not None and violation is not None:  # warns if a multiplier grows in vain

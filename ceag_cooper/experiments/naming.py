@@ -56,6 +56,8 @@ def run_name(config: ExperimentConfig) -> str:
         del settings["validation"]
     if config.uses_heldout:  # their dense model no longer sees the held-out part: new runs
         settings["dense_without_heldout"] = True
+    if not config.distill_weight:  # without distillation its temperature changes nothing
+        settings["distill_temperature"] = ADDED_FIELDS["distill_temperature"]
     for key, old in ADDED_FIELDS.items():  # fields added later: left out at their old value
         if settings[key] == old:
             del settings[key]

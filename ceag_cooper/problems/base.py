@@ -108,7 +108,8 @@ class GroupFairnessProblem(RegisteredState, cooper.ConstrainedMinimizationProble
     config_added: ClassVar[dict[str, Any]] = {"distillation": None}
     """:meth:`config` keys added after checkpoints were already written, with the value a checkpoint
     without the key implies (the old behaviour): :meth:`load_state_dict` reads them in, so older
-    checkpoints keep loading while ``config()`` always says everything."""
+    checkpoints keep loading while ``config()`` always says everything. A subclass lists only its own
+    keys: those of every base class count too."""
 
     def __init__(
         self,

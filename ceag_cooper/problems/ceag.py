@@ -105,7 +105,6 @@ class CEAG(GroupFairnessProblem):
 
     requires_reference: ClassVar[bool] = True
     config_added: ClassVar[dict[str, Any]] = {
-        **GroupFairnessProblem.config_added,
         "resolution_z": 0.0,
         "fit_buffers_to_groups": False,
         "dual_step_scale": "uniform",

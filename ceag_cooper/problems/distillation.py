@@ -59,10 +59,17 @@ def distillation_loss(
             f"the teacher's logits have shape {tuple(teacher_logits.shape)}, the model's {tuple(logits.shape)}: "
             "the teacher must see the same batch and have the same classes."
         )
+    if teacher_logits.device != logits.device:
+        raise ValueError(
+            f"the teacher's logits are on {teacher_logits.device}, the model's on {logits.device}: move the teacher "
+            "to the model's device (e.g. teacher.to(device))."
+        )
     hard = loss_fn(logits, targets) if loss_fn is not None else F.cross_entropy(logits, targets, reduction="none")
     log_student = F.log_softmax(logits / temperature, dim=1)
     log_teacher = F.log_softmax(teacher_logits.detach().to(logits.dtype) / temperature, dim=1)
-    soft = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1) * temperature**2
+    teacher = log_teacher.exp()  # a class the teacher rules out (logit -inf) adds 0, not 0 * inf = nan
+    terms = torch.where(teacher > 0, teacher * (log_teacher - log_student), torch.zeros_like(log_student))
+    soft = terms.sum(dim=1) * temperature**2
     return (1 - weight) * hard + weight * soft
 
 

@@ -39,6 +39,11 @@ class EqualizedLoss(GroupFairnessProblem):
     experiment harness (``ExperimentConfig.el_form``) defaults to ``"paper"`` instead, since its
     tables compare with the paper; this class keeps ``"signed"``, the textbook equality.
 
+    With ``distillation=``, the losses are the distilled ones wherever the training pass is read (the
+    model step, and the multiplier step and buffers with ``constraint_estimate="train"``); an eval-mode
+    or held-out multiplier step has no teacher output and reads plain losses, so its constraints are on
+    the plain loss while the model step follows the distilled one.
+
     Args:
         num_groups: number of groups (or give ``reference``).
         reference: optional dense :class:`GroupMetrics` (only its population shares are used).

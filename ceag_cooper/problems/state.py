@@ -93,7 +93,9 @@ class RegisteredState:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; the config must match this problem's."""
-        saved, mine = {**self.config_added, **state_dict["config"]}, self.config()
+        # every class's added keys (a subclass's own dict does not hide its bases')
+        added = {k: v for cls in reversed(type(self).__mro__) for k, v in vars(cls).get("config_added", {}).items()}
+        saved, mine = {**added, **state_dict["config"]}, self.config()
         if saved != mine:
             raise ValueError(f"checkpoint was saved by a problem with config {saved}, this problem has {mine}.")
         extra = state_dict["extra"]
