@@ -1,4 +1,4 @@
-"""Cost of issue #13's options per training step, against an NFT step, side by side in one run.
+"""Cost of issue #13's options (and #15's distillation) per training step, against an NFT step, side by side.
 
 Every candidate is timed interleaved with NFT (AB, BA, ...) on the same weights and batches (the
 UTKFace setting: ``SmallCNN``, 3x32x32 inputs, batch 128, 5 groups, k = 40), with the paired timing
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as harness
 from _harness import BATCH_SIZE, BUFFER_SIZE, IMAGE_SHAPE, NUM_BATCHES, NUM_CLASSES, Batch, Budget, Comparison
 
-from ceag_cooper import CEAG, EqualizedLoss, Unconstrained, build_optimizer, evaluate_groups
+from ceag_cooper import CEAG, Distillation, EqualizedLoss, Unconstrained, build_optimizer, evaluate_groups
 from ceag_cooper.models import SmallCNN
 
 NUM_GROUPS = 5
@@ -50,6 +50,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "optimizer": {"dual_optimizer": "nupi", "proportional_gain": 50.0, "ema_nu": 0.9},
     },
     "EL + RB, the paper's form": {"problem": {"form": "paper"}, "optimizer": {}},
+    # issue #15: distillation from the dense model (one no-grad eval-mode forward of the teacher per step)
+    "CEAG, distilled (weight 0.5, T 3)": {
+        "problem": {},
+        "optimizer": {},
+        "distill": {"weight": 0.5, "temperature": 3.0},
+    },
 }
 
 
@@ -70,7 +76,10 @@ def bench_option(name: str, spec: dict[str, Any], budget: Budget) -> Comparison:
     if name.startswith("EL"):
         problem = EqualizedLoss(reference=reference, buffer_size=BUFFER_SIZE, **spec["problem"])
     else:
-        problem = CEAG(reference=reference, buffer_size=BUFFER_SIZE, **spec["problem"])
+        options = dict(spec["problem"])
+        if "distill" in spec:  # the teacher: a copy of the starting weights, as the dense model is in the pipeline
+            options["distillation"] = Distillation(copy.deepcopy(base).eval(), **spec["distill"])
+        problem = CEAG(reference=reference, buffer_size=BUFFER_SIZE, **options)
     primal = torch.optim.SGD(model.parameters(), lr=0.01)
     optimizer = build_optimizer(problem, primal, dual_lr=0.01, **spec["optimizer"])
     extra = clean_inputs if spec["problem"].get("constraint_estimate") == "eval" else None
@@ -133,6 +142,12 @@ def markdown_report(info: dict[str, Any], payload: dict[str, Any], rows: dict[st
         f"{selection['eval_pass_s']:.2f} s, {100 * selection['ratio']:.1f}% of an NFT epoch over them "
         f"({selection['nft_epoch_s']:.1f} s), once per epoch.",
     ]
+    distilled = next((c for n, c in rows.items() if n.startswith("CEAG, distilled")), None)
+    if distilled is not None:
+        lines[-1] += (
+            f" Distillation from the dense model (issue #15) adds one no-grad eval-mode forward of the teacher per "
+            f"step: {distilled.ratio:.3f}× an NFT step."
+        )
     return "\n".join(lines) + "\n"
 
 
