@@ -230,6 +230,12 @@ def test_per_group_tolerances_from_group_sizes_by_hand():
     state = two.compute_cmp_state(logits=logits_for(BATCH_CORRECT), targets=torch.zeros(6, dtype=torch.long),
                                   group_ids=torch.tensor(BATCH_IDS))  # fmt: skip
     assert state.misc["strict_violation"].shape == (6,)
+    # both sides' bounds: each group's eps_g twice, built once for the run, not every step
+    torch.testing.assert_close(two.constraint_target, two.group_target.repeat(2))
+    assert two.constraint_target is two.constraint_target
+    seen, violation = state.misc["observed"][:3], state.misc["strict_violation"]  # upper + lower = -2 eps_g
+    assert seen.sum() == 2
+    torch.testing.assert_close((violation[:3] + violation[3:])[seen], -2 * two.group_target[seen])
 
 
 def one_dual_step(problem, ids, correct, dual_lr=0.1, start=1.0):

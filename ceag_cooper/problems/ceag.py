@@ -133,6 +133,7 @@ class CEAG(GroupFairnessProblem):
         self.margin = check_non_negative_float(margin, "margin")
         self.resolution_z = check_non_negative_float(resolution_z, "resolution_z")
         self._group_target: torch.Tensor | None = None  # derived from the reference, on first use per device
+        self._constraint_target: tuple[torch.Tensor, torch.Tensor] | None = None  # (group target, laid out)
         if not isinstance(fit_buffers_to_groups, bool):
             raise TypeError(f"`fit_buffers_to_groups` must be a bool, got {type(fit_buffers_to_groups).__name__}.")
         self.fit_buffers_to_groups = fit_buffers_to_groups
@@ -202,6 +203,16 @@ class CEAG(GroupFairnessProblem):
         return self._group_target
 
     @property
+    def constraint_target(self) -> torch.Tensor | float:
+        """:attr:`group_target` laid out as the constraints are (``(C,)``, or the float), made once per tensor."""
+        target = self.group_target
+        if not isinstance(target, torch.Tensor):
+            return target
+        if self._constraint_target is None or self._constraint_target[0] is not target:  # a constant: once
+            self._constraint_target = (target, self._per_constraint(target))
+        return self._constraint_target[1]
+
+    @property
     def group_tolerance(self) -> torch.Tensor:
         r"""``(G,)`` :math:`\epsilon_g = \epsilon + z \cdot SE_g` from the reference's group sizes and accuracies."""
         ref = self.strict_reference  # a held-out reference may have empty groups: counted as one sample
@@ -240,7 +251,7 @@ class CEAG(GroupFairnessProblem):
 
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy excess gaps of the present groups, minus the enforced target."""
-        return self.proxy_gaps(stats) - self.group_target, stats.present
+        return self.proxy_gaps(stats) - self.constraint_target, stats.present
 
     def excess_accuracy_gaps(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Estimated :math:`\hat\psi_g` (without the tolerance) and which groups are observed."""
@@ -268,7 +279,7 @@ class CEAG(GroupFairnessProblem):
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """Accuracy excess gaps minus the enforced target, from buffers or the batch."""
         gaps, observed = self.excess_accuracy_gaps(stats)
-        return gaps - self.group_target, observed
+        return gaps - self.constraint_target, observed
 
     def config(self) -> dict[str, Any]:
         """See :meth:`GroupFairnessProblem.config`; adds tolerance, margin, buffers and mode."""
@@ -308,12 +319,12 @@ class TwoSidedCEAG(CEAG):
     def proxy_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi~ - eps, -psi~ - eps]`` on the present groups."""
         gaps = self.proxy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self._per_constraint(self.group_target), stats.present.repeat(2)
+        return torch.cat([gaps, -gaps]) - self.constraint_target, stats.present.repeat(2)
 
     def strict_violations(self, stats: BatchStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         """``[psi^ - eps, -psi^ - eps]`` on the observed groups."""
         gaps, observed = self.excess_accuracy_gaps(stats)
-        return torch.cat([gaps, -gaps]) - self._per_constraint(self.group_target), observed.repeat(2)
+        return torch.cat([gaps, -gaps]) - self.constraint_target, observed.repeat(2)
 
     @staticmethod
     def _per_constraint(target: torch.Tensor | float) -> torch.Tensor | float:
