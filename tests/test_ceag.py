@@ -288,7 +288,7 @@ def test_share_scaled_dual_steps_by_hand():
 def cc_two_sided(**options):
     from ceag_cooper import TwoSidedCEAG
 
-    return TwoSidedCEAG(reference=REFERENCE, tolerance=EPS, buffer_size=None, **options)
+    return TwoSidedCEAG(**{"reference": REFERENCE, "tolerance": EPS, "buffer_size": None, **options})
 
 
 def test_small_groups_get_buffers_of_their_size():
@@ -311,3 +311,17 @@ def test_small_groups_get_buffers_of_their_size():
     assert copy.buffers.contents(1) == [1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="config"):
         default.load_state_dict(problem.state_dict())
+
+
+def test_cached_bounds_and_step_factors_follow_a_loaded_reference():
+    """Values derived from the reference are rebuilt after load_state_dict (a stale eps_g was kept before)."""
+    other = GroupMetrics(**{**REFERENCE.state_dict(), "group_accuracy": torch.tensor([0.5, 0.99, 0.7]),
+                            "group_count": torch.tensor([10.0, 60.0, 30.0])})  # fmt: skip
+    mine = cc_two_sided(resolution_z=2.0, dual_step_scale="share")
+    theirs = cc_two_sided(resolution_z=2.0, dual_step_scale="share", reference=other)
+    before = mine.constraint_target.clone(), mine.dual_step_weights().clone()
+    mine.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(mine.constraint_target, theirs.constraint_target)
+    torch.testing.assert_close(mine.dual_step_weights(), theirs.dual_step_weights())
+    assert not torch.allclose(before[0], mine.constraint_target)
+    assert not torch.allclose(before[1], mine.dual_step_weights())

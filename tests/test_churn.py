@@ -60,3 +60,14 @@ def test_group_churn_gives_the_reports_psi():
 def test_group_churn_refuses_flags_of_other_samples():
     with pytest.raises(ValueError, match="same samples"):
         group_churn(torch.ones(4, dtype=torch.bool), torch.ones(3, dtype=torch.bool), torch.zeros(4).long(), 1)
+
+
+def test_null_max_psi_refuses_empty_groups_and_impossible_rates():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="min_count"):
+        null_max_psi(np.array([100, 0]), gap=0.02, draws=10, rng=rng)  # would be nan draws, read as "never"
+    with pytest.raises(ValueError, match="dense_errors"):
+        null_max_psi(np.array([100]), gap=-0.05, gained=0.01, draws=10, rng=rng)
+    # a more accurate sparse model is fine when only the dense model's errors can be gained
+    assert np.isfinite(null_max_psi(np.array([100]), gap=-0.05, gained=0.06, dense_errors=np.array([20]),
+                                    draws=10, rng=rng)).all()  # fmt: skip

@@ -83,11 +83,21 @@ def null_max_psi(
         draws: number of simulated models.
         rng: the numpy generator to draw from.
 
+    Raises:
+        ValueError: a group without samples, or (without ``dense_errors``) a loss rate outside [0, 1].
+
     Returns:
         Each draw's max ψ over the groups, as a fraction. ``(null <= eps).mean()`` is the chance that
         such a model meets ε by luck; a model's own max ψ ranks among the draws as its percentile.
     """
     counts = np.asarray(counts)
+    if counts.size and counts.min() < 1:
+        raise ValueError("`counts` must be >= 1 for every group: judge only groups with samples (min_count >= 1).")
+    if dense_errors is None and not 0 <= gap + gained <= 1:
+        raise ValueError(
+            f"the loss rate gap + gained = {gap + gained} is not a probability; with a sparse model more accurate "
+            "than its dense one, pass `dense_errors` (only those can be gained)."
+        )
     shape = (draws, counts.size)
     if dense_errors is None:
         lost_g = rng.binomial(counts, gap + gained, size=shape)

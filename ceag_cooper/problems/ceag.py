@@ -188,6 +188,10 @@ class CEAG(GroupFairnessProblem):
         overall = stats.loss.detach() if self.detach_overall else stats.loss
         return (stats.group_loss - ref.group_loss) - (overall - ref.loss)
 
+    def _forget_derived(self) -> None:
+        """The bounds and step factors come from the reference, device and dtype: rebuilt on next use."""
+        self._group_target = self._constraint_target = self._step_weights = None
+
     @property
     def target(self) -> float:
         """The bound the multipliers enforce: ``tolerance - margin`` (see :attr:`group_target`)."""

@@ -76,7 +76,11 @@ class RegisteredState:
         for module in self._estimators.values():
             if module is not None:
                 module.to(*args, **kwargs)  # floating state follows a dtype cast (e.g. float64)
+        self._forget_derived()
         return self
+
+    def _forget_derived(self) -> None:
+        """Drop values cached from the references, device or dtype (a subclass's): after ``to`` and loading."""
 
     def state_dict(self) -> dict[str, Any]:
         """Multipliers, reference statistics, registered state, step count and config."""
@@ -112,4 +116,5 @@ class RegisteredState:
         for name, module in self._estimators.items():
             if module is not None:
                 module.load_state_dict(extra[name])
+        self._forget_derived()
         self.broadcast_state()
