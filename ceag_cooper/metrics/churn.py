@@ -47,6 +47,13 @@ def group_churn(
         ``(G,)`` float64 tensors. The net loss ``lost - gained`` over ``count`` is the group's accuracy
         gap Δ_g, so ψ_g is that minus the overall net loss rate (what a :class:`DisparityReport` of the
         two models' accuracies says), but the two counts say how much of it is churn.
+
+    Example:
+        >>> import torch
+        >>> flips = group_churn(torch.tensor([True, False, True]), torch.tensor([False, True, True]),
+        ...                     torch.tensor([0, 0, 1]), num_groups=2)
+        >>> flips["lost"].tolist(), flips["gained"].tolist(), flips["count"].tolist()
+        ([1.0, 0.0], [1.0, 0.0], [2.0, 1.0])
     """
     dense_correct, correct = dense_correct.bool(), correct.bool()
     if dense_correct.shape != correct.shape or dense_correct.dim() != 1:
@@ -89,6 +96,14 @@ def null_max_psi(
     Returns:
         Each draw's max ψ over the groups, as a fraction. ``(null <= eps).mean()`` is the chance that
         such a model meets ε by luck; a model's own max ψ ranks among the draws as its percentile.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> loss_only = null_max_psi(np.array([100] * 50), gap=0.03, draws=20_000, rng=rng)
+        >>> churning = null_max_psi(np.array([100] * 50), gap=0.03, gained=0.015, draws=20_000, rng=rng)
+        >>> bool((churning <= 0.02).mean() < (loss_only <= 0.02).mean())  # gains widen the spread
+        True
     """
     counts = np.asarray(counts)
     if counts.size and counts.min() < 1:
