@@ -100,10 +100,11 @@ def null_max_psi(
     Example:
         >>> import numpy as np
         >>> rng = np.random.default_rng(0)
-        >>> loss_only = null_max_psi(np.array([100] * 50), gap=0.03, draws=20_000, rng=rng)
-        >>> churning = null_max_psi(np.array([100] * 50), gap=0.03, gained=0.015, draws=20_000, rng=rng)
-        >>> bool((churning <= 0.02).mean() < (loss_only <= 0.02).mean())  # gains widen the spread
-        True
+        >>> loss_only = null_max_psi(np.array([400] * 20), gap=0.03, draws=20_000, rng=rng)
+        >>> churning = null_max_psi(np.array([400] * 20), gap=0.03, gained=0.015, draws=20_000, rng=rng)
+        >>> print(f"P(max psi <= 2 points): {(loss_only <= 0.02).mean():.2f} losses only, "
+        ...       f"{(churning <= 0.02).mean():.2f} with gains")  # gains widen the spread
+        P(max psi <= 2 points): 0.67 losses only, 0.28 with gains
     """
     counts = np.asarray(counts)
     if counts.size and counts.min() < 1:
