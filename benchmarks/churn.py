@@ -35,7 +35,7 @@ from ceag_cooper.experiments.dense import build_model, train_dense
 from ceag_cooper.experiments.naming import ADDED_FIELDS
 from ceag_cooper.experiments.provenance import code_version, machine, weights_digest
 from ceag_cooper.metrics import predict_groups
-from ceag_cooper.metrics.churn import group_churn, null_max_psi
+from ceag_cooper.metrics.churn import group_churn, summarize_churn
 
 __all__ = ["cell_churn", "main"]
 
@@ -61,37 +61,25 @@ def cell_churn(results: dict[str, Any], runs: Path, *, min_count: int, draws: in
     checkpoint = torch.load(runs / "checkpoints" / f"{results['run']}.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["model"])
     correct, ids = _correct(model, task)
-    churn = {k: v.numpy() for k, v in group_churn(dense_correct, correct, ids, task.spec.num_groups).items()}
-    total = churn["count"].sum()
-    lost, gained = churn["lost"].sum() / total, churn["gained"].sum() / total
-    judged = churn["count"] >= max(min_count, 1)
-    max_psi = float(((churn["lost"] - churn["gained"]) / churn["count"])[judged].max() - (lost - gained))
-    sizes, errors = churn["count"][judged].astype(int), churn["dense_errors"][judged].astype(int)
-    nulls = {
-        "loss_only": {},
-        "churn": {"gained": gained, "dense_errors": errors},
-    }
+    summary = summarize_churn(group_churn(dense_correct, correct, ids, task.spec.num_groups), min_count=min_count)
     row = {
         "run": results["run"],
         "method": config.method,
         "settings": {k: results["config"][k] for k in ("dual_lr", "buffer_size", "constraint_estimate")}
         | {k: results["config"].get(k, ADDED_FIELDS[k]) for k in ("dual_step_scale", "distill_weight")},
         "seed": config.seed,
-        "groups_judged": int(judged.sum()),
-        "lost": float(lost),
-        "gained": float(gained),
-        "gained_share_of_dense_errors": float(gained * total / churn["dense_errors"].sum()),
-        "gap": float(lost - gained),
-        "max_psi_last_epoch": max_psi,
+        "groups_judged": int(summary.counts.size),
+        "lost": summary.lost,
+        "gained": summary.gained,
+        "gained_share_of_dense_errors": summary.gained_share_of_dense_errors,
+        "gap": summary.gap,
+        "max_psi_last_epoch": summary.max_psi,
     }
-    for name, options in nulls.items():
-        rng = np.random.default_rng(config.seed)
-        null = null_max_psi(sizes, gap=float(lost - gained), draws=draws, rng=rng, **options)
+    for name, gains in (("loss_only", False), ("churn", True)):
+        null = summary.null(draws=draws, rng=np.random.default_rng(config.seed), gains=gains)
         row[f"{name}_median"] = float(np.median(null))
-        row[f"{name}_chance"] = float(
-            (null <= config.tolerance + 1e-9).mean()
-        )  # psi on the lattice: eps up to rounding
-        row[f"{name}_percentile"] = float((null <= max_psi).mean())
+        row[f"{name}_chance"] = float((null <= config.tolerance + 1e-9).mean())  # psi on the lattice: eps + rounding
+        row[f"{name}_percentile"] = float((null <= summary.max_psi).mean())
     return row
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ceag_cooper import DisparityReport
-from ceag_cooper.metrics.churn import group_churn, null_max_psi
+from ceag_cooper.metrics.churn import group_churn, null_max_psi, summarize_churn
 
 
 def test_churn_null_without_gains_is_feasible_by_chances_null_and_gains_widen_it():
@@ -55,6 +55,15 @@ def test_group_churn_gives_the_reports_psi():
     psi = (flips["lost"] - flips["gained"]) / flips["count"] - (flips["lost"] - flips["gained"]).sum() / 3000
     np.testing.assert_allclose(psi.numpy(), report.psi, atol=1e-6)
     np.testing.assert_array_equal(flips["dense_errors"].numpy(), counts - np.bincount(ids, dense_correct, minlength=6))
+    # the summary's max psi is the report's over the same groups; its rates are the flags' means
+    for min_count in (1, int(np.sort(counts)[3])):
+        summary = summarize_churn(flips, min_count=min_count)
+        assert summary.max_psi == pytest.approx(report.max_psi_among(min_count=min_count), abs=1e-6)
+        assert summary.counts.size == (counts >= min_count).sum()
+    assert summary.lost == pytest.approx((dense_correct & ~correct).mean())
+    assert summary.gained == pytest.approx((~dense_correct & correct).mean())
+    with pytest.raises(ValueError, match="min_count"):
+        summarize_churn(flips, min_count=10_000)
 
 
 def test_group_churn_refuses_flags_of_other_samples():

@@ -24,12 +24,14 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ceag_cooper.metrics.functional import group_sums
 
-__all__ = ["group_churn", "null_max_psi"]
+__all__ = ["ChurnSummary", "group_churn", "null_max_psi", "summarize_churn"]
 
 
 def group_churn(
@@ -126,3 +128,63 @@ def null_max_psi(
         p = np.clip(np.divide(gap * counts + errors * q, right, out=np.zeros(counts.size), where=right > 0), 0, 1)
         lost_g, gained_g = rng.binomial(right, p, size=shape), rng.binomial(errors, q, size=shape)
     return ((lost_g - gained_g) / counts - gap).max(axis=1)
+
+
+@dataclass(frozen=True)
+class ChurnSummary:
+    """Overall flip rates of a pruned model against its dense one, and its max ψ over the judged groups.
+
+    Attributes:
+        lost: share of all samples the dense model gets right and the pruned one wrong.
+        gained: share of all samples the dense model gets wrong and the pruned one right.
+        gained_share_of_dense_errors: ``gained`` over the dense model's error rate.
+        max_psi: the pruned model's max ψ over the judged groups (a fraction).
+        counts: ``(J,)`` sizes of the judged groups.
+        dense_errors: ``(J,)`` the dense model's errors in each judged group.
+    """
+
+    lost: float
+    gained: float
+    gained_share_of_dense_errors: float
+    max_psi: float
+    counts: np.ndarray
+    dense_errors: np.ndarray
+
+    @property
+    def gap(self) -> float:
+        """The net overall gap Δ = lost - gained."""
+        return self.lost - self.gained
+
+    def null(self, *, draws: int, rng: np.random.Generator, gains: bool = True) -> np.ndarray:
+        """:func:`null_max_psi` over the judged groups at these rates (``gains=False``: the loss-only null)."""
+        options = {"gained": self.gained, "dense_errors": self.dense_errors} if gains else {}
+        return null_max_psi(self.counts, gap=self.gap, draws=draws, rng=rng, **options)
+
+
+def summarize_churn(flips: dict[str, torch.Tensor], *, min_count: int = 1) -> ChurnSummary:
+    """:func:`group_churn`'s counts as overall rates, judged over the groups with at least ``min_count`` samples.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> flips = group_churn(torch.tensor([True, True, False, True]), torch.tensor([False, True, True, True]),
+        ...                     torch.tensor([0, 0, 1, 1]), num_groups=2)
+        >>> summary = summarize_churn(flips)
+        >>> summary.lost, summary.gained, summary.max_psi  # group 0 lost 1 of 2, group 1 gained 1 of 2
+        (0.25, 0.25, 0.5)
+        >>> chance = (summary.null(draws=1_000, rng=np.random.default_rng(0)) <= 0.02).mean()
+    """
+    churn = {k: v.double().cpu().numpy() for k, v in flips.items()}
+    total = churn["count"].sum()
+    lost, gained = churn["lost"].sum() / total, churn["gained"].sum() / total
+    judged = churn["count"] >= max(min_count, 1)
+    if not judged.any():
+        raise ValueError(f"no group has at least {min_count} samples: lower `min_count`.")
+    net = (churn["lost"] - churn["gained"])[judged] / churn["count"][judged]
+    return ChurnSummary(
+        lost=float(lost),
+        gained=float(gained),
+        gained_share_of_dense_errors=float(gained * total / churn["dense_errors"].sum()),
+        max_psi=float(net.max() - (lost - gained)),
+        counts=churn["count"][judged].astype(int),
+        dense_errors=churn["dense_errors"][judged].astype(int),
+    )
