@@ -325,3 +325,6 @@ def test_cached_bounds_and_step_factors_follow_a_loaded_reference():
     torch.testing.assert_close(mine.dual_step_weights(), theirs.dual_step_weights())
     assert not torch.allclose(before[0], mine.constraint_target)
     assert not torch.allclose(before[1], mine.dual_step_weights())
+    # and after a cast: the step factors follow the multipliers' dtype (they stayed float32 before)
+    mine.to(torch.float64)
+    assert mine.fairness.multiplier.weight.dtype == mine.dual_step_weights().dtype == torch.float64

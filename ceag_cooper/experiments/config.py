@@ -13,6 +13,7 @@ from ceag_cooper._validation import check_non_negative_float
 from ceag_cooper.experiments.naming import LEGACY_PROTOCOL, run_name
 from ceag_cooper.experiments.registry import get_method
 from ceag_cooper.problems import DualStepScale
+from ceag_cooper.problems.distillation import check_distillation_settings
 from ceag_cooper.pruning import check_sparsity
 
 __all__ = ["DENSE_FIELDS", "HELDOUT_FRACTION", "LEGACY_PROTOCOL", "VALIDATION_SEED", "ExperimentConfig"]
@@ -144,17 +145,9 @@ class ExperimentConfig:
         self._check_schedule_reaches_finetuning()
         check_non_negative_float(self.margin, "margin")
         check_non_negative_float(self.resolution_z, "resolution_z")
-        numbers = (self.distill_weight, self.distill_temperature)
-        if (
-            any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers)
-            or not 0 <= self.distill_weight <= 1
-            or not 0 < self.distill_temperature < math.inf
-        ):
-            raise ValueError(
-                f"`distill_weight` must be in [0, 1] and `distill_temperature` a finite number > 0, got "
-                f"{self.distill_weight!r} and {self.distill_temperature!r}."
-            )
-        self.distill_weight, self.distill_temperature = float(self.distill_weight), float(self.distill_temperature)
+        self.distill_weight, self.distill_temperature = check_distillation_settings(
+            self.distill_weight, self.distill_temperature, names=("distill_weight", "distill_temperature")
+        )
         if (
             isinstance(self.iterate_min_count, bool)
             or not isinstance(self.iterate_min_count, int)

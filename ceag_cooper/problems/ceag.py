@@ -132,8 +132,9 @@ class CEAG(GroupFairnessProblem):
         self.tolerance = check_non_negative_float(tolerance, "tolerance")
         self.margin = check_non_negative_float(margin, "margin")
         self.resolution_z = check_non_negative_float(resolution_z, "resolution_z")
-        self._group_target: torch.Tensor | None = None  # derived from the reference, on first use per device
-        self._constraint_target: tuple[torch.Tensor, torch.Tensor] | None = None  # (group target, laid out)
+        # derived from the reference on first use, dropped by _forget_derived (after to() and loading)
+        self._group_target: torch.Tensor | None = None
+        self._constraint_target: torch.Tensor | None = None
         if not isinstance(fit_buffers_to_groups, bool):
             raise TypeError(f"`fit_buffers_to_groups` must be a bool, got {type(fit_buffers_to_groups).__name__}.")
         self.fit_buffers_to_groups = fit_buffers_to_groups
@@ -158,7 +159,7 @@ class CEAG(GroupFairnessProblem):
         if dual_step_scale not in get_args(DualStepScale):
             raise ValueError(f"`dual_step_scale` must be 'uniform' or 'share', got {dual_step_scale!r}.")
         self.dual_step_scale = dual_step_scale
-        self._step_weights: torch.Tensor | None = None  # (C,), from the reference, on first use per device
+        self._step_weights: torch.Tensor | None = None  # (C,), derived like _group_target
         self.buffer_size = buffer_size
         self.overall = overall
         self.detach_overall = detach_overall
@@ -202,19 +203,18 @@ class CEAG(GroupFairnessProblem):
         r"""Each group's enforced bound :math:`\epsilon_g - m`, ``(G,)``; :attr:`target` when ``resolution_z == 0``."""
         if self.resolution_z == 0:
             return self.target
-        if self._group_target is None or self._group_target.device != self.device:  # a constant: once
+        if self._group_target is None:
             self._group_target = self.group_tolerance - self.margin
         return self._group_target
 
     @property
     def constraint_target(self) -> torch.Tensor | float:
-        """:attr:`group_target` laid out as the constraints are (``(C,)``, or the float), made once per tensor."""
-        target = self.group_target
-        if not isinstance(target, torch.Tensor):
-            return target
-        if self._constraint_target is None or self._constraint_target[0] is not target:  # a constant: once
-            self._constraint_target = (target, self._per_constraint(target))
-        return self._constraint_target[1]
+        """:attr:`group_target` laid out as the constraints are: ``(C,)``, or the float :attr:`target`."""
+        if self.resolution_z == 0:
+            return self.target
+        if self._constraint_target is None:
+            self._constraint_target = self._per_constraint(self.group_target)
+        return self._constraint_target
 
     @property
     def group_tolerance(self) -> torch.Tensor:
@@ -242,7 +242,7 @@ class CEAG(GroupFairnessProblem):
         """
         if self.dual_step_scale == "uniform":
             return None
-        if self._step_weights is None or self._step_weights.device != self.device:  # a constant: once
+        if self._step_weights is None:
             counts = self.reference.group_count.double()  # every group has samples (checked at construction)
             dtype = self.fairness.multiplier.weight.dtype  # the strict violation's: no cast per step
             self._step_weights = self._per_constraint(counts / counts.mean()).to(dtype)

@@ -18,7 +18,28 @@ import torch.nn.functional as F
 
 from ceag_cooper.metrics.functional import LossFn
 
-__all__ = ["Distillation", "distillation_loss"]
+__all__ = ["Distillation", "check_distillation_settings", "distillation_loss"]
+
+
+def check_distillation_settings(
+    weight: object, temperature: object, *, names: tuple[str, str] = ("weight", "temperature")
+) -> tuple[float, float]:
+    """``(weight, temperature)`` as floats, checked: a weight in ``[0, 1]``, a finite temperature > 0.
+
+    ``names`` are the arguments' names in the messages (``ExperimentConfig`` calls them ``distill_*``).
+
+    Example:
+        >>> check_distillation_settings(1, 3)
+        (1.0, 3.0)
+    """
+    for name, value in zip(names, (weight, temperature), strict=True):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    if not 0 <= weight <= 1:
+        raise ValueError(f"`{names[0]}` must be in [0, 1], got {weight}.")
+    if temperature <= 0:
+        raise ValueError(f"`{names[1]}` must be > 0, got {temperature}.")
+    return float(weight), float(temperature)
 
 
 def distillation_loss(
@@ -109,13 +130,7 @@ class Distillation:
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, torch.nn.Module):
             raise TypeError(f"`teacher` must be a torch.nn.Module (e.g. the dense model), got {type(self.teacher)}.")
-        for name, value in (("weight", self.weight), ("temperature", self.temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-        if not 0 <= self.weight <= 1:
-            raise ValueError(f"`weight` must be in [0, 1], got {self.weight}.")
-        if self.temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
+        check_distillation_settings(self.weight, self.temperature)
 
     def loss_fn(self, teacher_logits: torch.Tensor, base: LossFn | None = None) -> LossFn:
         """The per-sample loss of one batch whose teacher outputs are ``teacher_logits``."""
