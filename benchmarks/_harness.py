@@ -395,12 +395,17 @@ def ratio_cells(c: Comparison, digits: int = 3, suffix: str = "") -> str:
     return f"{c.ratio:.{digits}f}{suffix} | {format_ci(c.ratio_ci95, digits)} | {c.ratio_of_medians:.{digits}f}{suffix}"
 
 
+def straddles(ci: Sequence[float], target: float) -> bool:
+    """Whether the 95% interval ``ci`` holds ``target``: the measurement cannot tell which side it is on."""
+    return ci[0] <= target <= ci[1]
+
+
 def verdict(passed: bool | None, ci: Sequence[float], target: float | None) -> str:
     """``PASS`` / ``FAIL`` / ``-``, flagged when the 95% interval straddles the target."""
     if passed is None or target is None:
         return "-"
     word = "PASS" if passed else "FAIL"
-    return f"{word} (CI straddles target)" if ci[0] <= target <= ci[1] else word
+    return f"{word} (CI straddles target)" if straddles(ci, target) else word
 
 
 def budget_text(budget: dict[str, Any], unit: str, per: str) -> str:
